@@ -1,0 +1,71 @@
+"""Reading and writing images and masks, with one-line errors for bad files."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Decompression bombs: refuse images larger than this many pixels (a setting for callers).
+MAX_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """An image or mask that cannot be read or used."""
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Bytes of any PIL-readable image as RGB uint8 HxWx3."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode image: {exc}") from None
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    try:
+        return decode_image(path.read_bytes(), max_pixels)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask PNG as bool HxW (any non-zero pixel is foreground)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"cannot decode mask {path}: {exc}") from None
+    return arr > 0
+
+
+def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG so that a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """A bool mask as a 0/255 PNG."""
+    save_png_atomic(np.where(mask, 255, 0).astype(np.uint8), path)

@@ -1,0 +1,185 @@
+"""Coarse priors as annotators give them, and their rasterisation to a probability map.
+
+A `Prompt` holds whatever the annotator drew, in image pixels: a mask, polygons, a box, positive
+and negative points, scribbles. `rasterize_prompt` turns it into a float32 probability map at
+image size; the refiner and the classic engines all start from that map. Hard shapes (mask,
+polygon) give 0/1; a box or points alone say less about the object, so they give an uncertain
+value that puts the whole region into the refiner's confusion area.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used (empty, degenerate, outside the image, wrong size)."""
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    box_prob: float = 0.6  # inside a box: the object is probably there, but where exactly is open
+    point_radius: float = 0.02  # disc around a clicked point, as a fraction of the image diagonal
+    point_context_radius: float = 0.12  # uncertain region around positive points given alone
+    point_context_prob: float = 0.6
+    scribble_width: float = 0.01  # stroke width, fraction of the diagonal
+    scribble_context_radius: float = 0.06  # uncertain halo around a scribble given alone
+
+
+@dataclass
+class Prompt:
+    """An annotator's rough input for one object or class, in pixel coordinates (x right, y down)."""
+
+    mask: np.ndarray | None = None  # HxW, bool or 0/255 or probabilities in [0,1]
+    polygons: list[list[tuple[float, float]]] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    positive_points: list[tuple[float, float]] = field(default_factory=list)
+    negative_points: list[tuple[float, float]] = field(default_factory=list)
+    scribbles: list[list[tuple[float, float]]] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return (
+            self.mask is None
+            and not self.polygons
+            and self.box is None
+            and not self.positive_points
+            and not self.scribbles
+        )
+
+
+def _as_probability(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.ndim != 2:
+        raise PromptError(f"mask must be 2-D (HxW), got shape {mask.shape}")
+    if mask.shape != (height, width):
+        raise PromptError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}")
+    if mask.dtype == bool:
+        return mask.astype(np.float32)
+    m = mask.astype(np.float32)
+    if m.max() > 1.0:  # 0/255 PNGs
+        m = m / 255.0
+    return np.clip(m, 0.0, 1.0)
+
+
+def _check_points(points, height: int, width: int, what: str) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(arr)):
+        raise PromptError(f"{what} has non-finite coordinates")
+    outside = (arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height)
+    if outside.any():
+        x, y = arr[outside][0]
+        raise PromptError(f"{what} point ({x:g}, {y:g}) lies outside the {width}x{height} image")
+    return arr
+
+
+def polygon_area(points) -> float:
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x, y = arr[:, 0], arr[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def rasterize_polygon(points, height: int, width: int) -> np.ndarray:
+    """Filled polygon as a bool mask; pixel (x, y) is inside when its centre is."""
+    arr = _check_points(points, height, width, "polygon")
+    if len(arr) < 3:
+        raise PromptError(f"polygon needs at least 3 points, got {len(arr)}")
+    if polygon_area(arr) < 1.0:
+        raise PromptError("polygon is degenerate (its area is under one pixel)")
+    canvas = np.zeros((height, width), np.uint8)
+    # Pixel centres sit at integer coordinates + 0.5: shift so OpenCV's integer grid matches.
+    shift = 4
+    pts = np.round((arr - 0.5) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(canvas, [pts], 1, lineType=cv2.LINE_8, shift=shift)
+    return canvas.astype(bool)
+
+
+def _disc_mask(centres: np.ndarray, radius: float, height: int, width: int) -> np.ndarray:
+    canvas = np.zeros((height, width), np.uint8)
+    r = max(1, int(round(radius)))
+    for x, y in centres:
+        cv2.circle(canvas, (int(round(x - 0.5)), int(round(y - 0.5))), r, 1, thickness=-1)
+    return canvas.astype(bool)
+
+
+def rasterize_scribble(points, height: int, width: int, thickness: float) -> np.ndarray:
+    arr = _check_points(points, height, width, "scribble")
+    if len(arr) < 1:
+        raise PromptError("scribble has no points")
+    canvas = np.zeros((height, width), np.uint8)
+    pts = np.round(arr - 0.5).astype(np.int32)
+    t = max(1, int(round(thickness)))
+    if len(pts) == 1:
+        cv2.circle(canvas, tuple(int(v) for v in pts[0]), max(1, t // 2), 1, thickness=-1)
+    else:
+        cv2.polylines(canvas, [pts], isClosed=False, color=1, thickness=t)
+    return canvas.astype(bool)
+
+
+def box_mask(box, height: int, width: int) -> np.ndarray:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite([x0, y0, x1, y1])):
+        raise PromptError("box has non-finite coordinates")
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    x0, y0 = max(0.0, x0), max(0.0, y0)
+    x1, y1 = min(float(width), x1), min(float(height), y1)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise PromptError("box is empty or lies outside the image")
+    out = np.zeros((height, width), bool)
+    # Pixel (i, j) is inside when its centre (j + 0.5, i + 0.5) is.
+    c0, c1 = int(np.ceil(x0 - 0.5)), int(np.floor(x1 - 0.5))
+    r0, r1 = int(np.ceil(y0 - 0.5)), int(np.floor(y1 - 0.5))
+    out[r0 : r1 + 1, c0 : c1 + 1] = True
+    return out
+
+
+def rasterize_prompt(prompt: Prompt, height: int, width: int, config: PriorConfig | None = None) -> np.ndarray:
+    """The prompt as a float32 HxW foreground probability map.
+
+    Order: hard region (mask | polygons) or else the box (uncertain inside); scribbles are
+    foreground; positive points are foreground discs (with an uncertain halo when nothing else
+    gives the region); negative points carve background discs out of everything.
+    """
+    cfg = config or PriorConfig()
+    if prompt.is_empty():
+        raise PromptError("nothing to refine: the prompt has no mask, polygon, box, positive point or scribble")
+    diag = float(np.hypot(height, width))
+    prob = np.zeros((height, width), np.float32)
+    hard_region = False
+    if prompt.mask is not None:
+        prob = np.maximum(prob, _as_probability(np.asarray(prompt.mask), height, width))
+        hard_region = True
+    for poly in prompt.polygons:
+        prob[rasterize_polygon(poly, height, width)] = 1.0
+        hard_region = True
+    if prompt.box is not None:
+        inside = box_mask(prompt.box, height, width)
+        if hard_region:
+            prob[~inside] = 0.0  # the box bounds the hard region
+        else:
+            prob[inside] = np.maximum(prob[inside], cfg.box_prob)
+    region_given = hard_region or prompt.box is not None
+    for stroke in prompt.scribbles:
+        line = rasterize_scribble(stroke, height, width, cfg.scribble_width * diag)
+        if not region_given:
+            halo = cv2.dilate(line.astype(np.uint8), _kernel(cfg.scribble_context_radius * diag)).astype(bool)
+            prob[halo] = np.maximum(prob[halo], cfg.point_context_prob)
+        prob[line] = 1.0
+    if prompt.positive_points:
+        pts = _check_points(prompt.positive_points, height, width, "positive")
+        if not region_given and not prompt.scribbles:
+            halo = _disc_mask(pts, cfg.point_context_radius * diag, height, width)
+            prob[halo] = np.maximum(prob[halo], cfg.point_context_prob)
+        prob[_disc_mask(pts, cfg.point_radius * diag, height, width)] = 1.0
+    if prompt.negative_points:
+        pts = _check_points(prompt.negative_points, height, width, "negative")
+        prob[_disc_mask(pts, cfg.point_radius * diag, height, width)] = 0.0
+    if not (prob > 0).any():
+        raise PromptError("the prompt covers no pixel of the image")
+    return prob
+
+
+def _kernel(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
