@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import PriorConfig, Prompt, rasterize_prompt
+from .prompts import PriorConfig, Prompt, prompt_constraints, rasterize_prompt
 
 
 @dataclass
@@ -75,6 +75,10 @@ class Engine:
         image = check_image(image)
         prior = as_probability(image, prompt)
         prob = np.clip(self.refine_probability(image, prior, label), 0.0, 1.0).astype(np.float32)
+        if isinstance(prompt, Prompt):
+            force_fg, force_bg = prompt_constraints(prompt, *image.shape[:2])
+            prob[force_fg] = 1.0
+            prob[force_bg] = 0.0
         return RefineResult(probability=prob, mask=prob > 0.5)
 
     def refine_classes(self, image: np.ndarray, prompts: dict[str, Prompt | np.ndarray]) -> dict[str, RefineResult]:

@@ -183,3 +183,26 @@ def rasterize_prompt(prompt: Prompt, height: int, width: int, config: PriorConfi
 def _kernel(radius: float) -> np.ndarray:
     r = max(1, int(round(radius)))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def prompt_constraints(prompt: Prompt, height: int, width: int, config: PriorConfig | None = None):
+    """Pixels the annotator fixed: (forced foreground, forced background), bool HxW each.
+
+    Clicked points are certain about their disc; a box bounds the object. Engines apply these
+    after refinement so a refined mask never contradicts a click or leaves its box.
+    """
+    cfg = config or PriorConfig()
+    diag = float(np.hypot(height, width))
+    force_fg = np.zeros((height, width), bool)
+    force_bg = np.zeros((height, width), bool)
+    if prompt.box is not None:
+        force_bg |= ~box_mask(prompt.box, height, width)
+    if prompt.positive_points:
+        pts = _check_points(prompt.positive_points, height, width, "positive")
+        force_fg |= _disc_mask(pts, cfg.point_radius * diag, height, width)
+    if prompt.negative_points:
+        pts = _check_points(prompt.negative_points, height, width, "negative")
+        neg = _disc_mask(pts, cfg.point_radius * diag, height, width)
+        force_bg |= neg
+        force_fg &= ~neg
+    return force_fg, force_bg
