@@ -6,7 +6,6 @@ the text-only segmenters build on it.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from contextlib import contextmanager

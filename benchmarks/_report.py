@@ -1,0 +1,37 @@
+"""Shared by the benchmark scripts: write results JSON and replace one marked block of docs/performance.md."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_DIR = ROOT.parent / "shared" / "models" / "sd21-base"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def write_json(data, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def replace_block(name: str, text: str, doc: Path = ROOT / "docs" / "performance.md") -> None:
+    """Replace the text between <!-- name:start --> and <!-- name:end --> in `doc`."""
+    content = doc.read_text()
+    pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n).*?(\n<!-- {re.escape(name)}:end -->)", re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{doc} has no block named {name}")
+    doc.write_text(pattern.sub(lambda m: m.group(1) + text.strip() + m.group(2), content))
