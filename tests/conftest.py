@@ -1,0 +1,17 @@
+"""Shared fixtures: the tiny random-weight model (built once per session through the real CLI path)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A folder with g4seg's tiny model (diffusers layout, safetensors), written by make_tiny_model."""
+    from g4seg_core.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
