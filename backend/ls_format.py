@@ -1,0 +1,343 @@
+"""Label Studio JSON <-> masks and prompts: label configs, result regions, brush RLE.
+
+Pure functions, no I/O. Coordinates in Label Studio results are percent of the image's width
+and height; everything here converts them to pixels of the image actually downloaded.
+Brush RLE is Label Studio's own format (not COCO): label_studio_sdk.converter.brush reads and
+writes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.label_interface import LabelInterface
+
+from g4seg_core.prompts import PriorConfig, Prompt, box_mask, polygon_area, rasterize_polygon
+
+# Result types that carry a rough shape, and what each is.
+SHAPE_TYPES = {
+    "brushlabels": "brush",
+    "polygonlabels": "polygon",
+    "rectanglelabels": "rectangle",
+    "keypointlabels": "keypoint",
+}
+# Marks regions this backend wrote back for an annotation: g4seg-a<annotation>-<digest>-<n>.
+WRITEBACK_ID_PREFIX = "g4seg-a"
+
+
+class FormatError(ValueError):
+    """Label Studio JSON the backend cannot use; the message says which part and why."""
+
+
+# ---------------------------------------------------------------- label config
+
+
+@dataclass(frozen=True)
+class BrushOutput:
+    """A BrushLabels tag the refined masks go to, and the image it labels."""
+
+    from_name: str
+    to_name: str
+    labels: tuple[str, ...]
+    data_key: str  # task["data"][data_key] holds the image URL
+
+    def check_label(self, label: str) -> str:
+        if label not in self.labels:
+            raise FormatError(
+                f"label {label!r} is not a label of the BrushLabels tag {self.from_name!r} "
+                f"({', '.join(self.labels) or 'none'})"
+            )
+        return label
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    brushes: tuple[BrushOutput, ...]
+
+    def output_for(self, to_name: str | None = None, label: str | None = None) -> BrushOutput:
+        """The BrushLabels tag for an image (and, when several fit, the one that has the label)."""
+        candidates = [b for b in self.brushes if to_name is None or b.to_name == to_name]
+        if not candidates:
+            raise FormatError(f"the label config has no BrushLabels tag on the image {to_name!r}")
+        for brush in candidates:
+            if label is not None and label in brush.labels:
+                return brush
+        return candidates[0]
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(xml: str) -> LabelConfig:
+    """The project's BrushLabels tags and their images, read from whatever config it has."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise FormatError("the request carries no label config")
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises its own XML/validation error types
+        raise FormatError(f"the label config cannot be parsed: {_one_line(exc)}") from None
+    brushes = []
+    for control in interface.controls:
+        if control.tag != "BrushLabels":
+            continue
+        for obj in control.objects:
+            if obj.tag != "Image":
+                continue
+            value = str(obj.value or "")
+            if not value.startswith("$") or len(value) < 2:
+                continue
+            brushes.append(BrushOutput(control.name, obj.name, tuple(control.labels), value[1:]))
+    if not brushes:
+        raise FormatError(
+            "the label config has no BrushLabels tag on an Image: the refined masks need one "
+            "(see label_config.xml)"
+        )
+    return LabelConfig(tuple(brushes))
+
+
+# ---------------------------------------------------------------- regions
+
+
+@dataclass
+class Region:
+    """One rough shape from a Label Studio result list, in pixels of the image."""
+
+    kind: str  # brush | polygon | rectangle | keypoint
+    label: str
+    to_name: str
+    mask: np.ndarray | None = None  # brush: bool HxW
+    polygon: list[tuple[float, float]] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    point: tuple[float, float] | None = None
+    positive: bool = True
+
+    def contains(self, x: float, y: float) -> bool:
+        if self.kind == "brush":
+            row, col = int(y), int(x)
+            h, w = self.mask.shape
+            return 0 <= row < h and 0 <= col < w and bool(self.mask[row, col])
+        if self.kind == "polygon":
+            contour = np.asarray(self.polygon, np.float32).reshape(-1, 1, 2)
+            return cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0
+        if self.kind == "rectangle":
+            x0, y0, x1, y1 = self.box
+            return x0 <= x <= x1 and y0 <= y <= y1
+        return False
+
+    def area(self) -> float:
+        if self.kind == "brush":
+            return float(self.mask.sum())
+        if self.kind == "polygon":
+            return polygon_area(self.polygon)
+        if self.kind == "rectangle":
+            x0, y0, x1, y1 = self.box
+            return (x1 - x0) * (y1 - y0)
+        return 0.0
+
+
+def is_shape(item) -> bool:
+    return isinstance(item, dict) and str(item.get("type", "")).lower() in SHAPE_TYPES
+
+
+def rough_items(result) -> list[dict]:
+    """The rough shapes of an annotation's result: shape regions not accepted unchanged from a model."""
+    if not isinstance(result, list):
+        raise FormatError("an annotation's result must be a list")
+    # origin "prediction": a model's region kept as it was; refining model output again gains nothing.
+    return [item for item in result if is_shape(item) and item.get("origin") != "prediction"]
+
+
+def parse_region(item: dict, height: int, width: int, max_pixels: int) -> Region:
+    """A shape result item as a Region in pixels of a `width`x`height` image."""
+    where = f"region {item.get('id', '?')!r}" if isinstance(item, dict) else "region"
+    if not isinstance(item, dict):
+        raise FormatError("a result region must be a JSON object")
+    kind_key = str(item.get("type", "")).lower()
+    kind = SHAPE_TYPES.get(kind_key)
+    if kind is None:
+        raise FormatError(f"{where} has type {item.get('type')!r}; expected one of {', '.join(SHAPE_TYPES)}")
+    value = item.get("value")
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} has no value object")
+    labels = value.get(kind_key) or value.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        raise FormatError(f"{where} has no label ({kind_key} must be a non-empty list of names)")
+    to_name = item.get("to_name")
+    if not isinstance(to_name, str) or not to_name:
+        raise FormatError(f"{where} has no to_name")
+    region = Region(kind=kind, label=labels[0], to_name=to_name)
+    try:
+        if kind == "brush":
+            region.mask = _brush_mask(item, value, height, width, max_pixels, where)
+            if not region.mask.any():
+                raise FormatError(f"{where}: the brush stroke is empty")
+        elif kind == "polygon":
+            points = value.get("points")
+            if not isinstance(points, list):
+                raise FormatError(f"{where} has no points list")
+            region.polygon = [(_pct(p[0], width), _pct(p[1], height)) for p in _pairs(points, where)]
+            if len(region.polygon) < 3:
+                raise FormatError(f"{where}: a polygon needs at least 3 points, got {len(region.polygon)}")
+            if polygon_area(region.polygon) < 1.0:
+                raise FormatError(f"{where}: the polygon is degenerate (its area is under one pixel)")
+        elif kind == "rectangle":
+            region.box = _rectangle(value, height, width, where)
+        else:
+            region.point = (_pct(value.get("x"), width), _pct(value.get("y"), height))
+            region.positive = item.get("is_positive", True) is not False
+    except (TypeError, KeyError, IndexError):
+        raise FormatError(f"{where} has malformed {kind} coordinates") from None
+    return region
+
+
+def _pct(value, size: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(value)
+    return float(value) * size / 100.0
+
+
+def _pairs(points, where):
+    for p in points:
+        if not isinstance(p, (list, tuple)) or len(p) < 2:
+            raise FormatError(f"{where}: each polygon point must be [x, y]")
+        yield p
+
+
+def _rectangle(value: dict, height: int, width: int, where: str):
+    x, y = _pct(value.get("x"), width), _pct(value.get("y"), height)
+    w, h = _pct(value.get("width"), width), _pct(value.get("height"), height)
+    if w < 1 or h < 1:
+        raise FormatError(f"{where}: the rectangle is empty (under one pixel wide or high)")
+    angle = math.radians(float(value.get("rotation") or 0.0))
+    # Label Studio rotates a rectangle about its top-left corner; the prior is the rotated box's bounds.
+    corners = [(0, 0), (w, 0), (w, h), (0, h)]
+    xs = [x + dx * math.cos(angle) - dy * math.sin(angle) for dx, dy in corners]
+    ys = [y + dx * math.sin(angle) + dy * math.cos(angle) for dx, dy in corners]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def _brush_mask(item: dict, value: dict, height: int, width: int, max_pixels: int, where: str) -> np.ndarray:
+    if value.get("format", "rle") != "rle":
+        raise FormatError(f"{where}: brush format {value.get('format')!r} is not supported (only rle)")
+    rle_height = item.get("original_height", height)
+    rle_width = item.get("original_width", width)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (rle_height, rle_width)):
+        raise FormatError(f"{where}: original_width and original_height must be positive integers")
+    if rle_height * rle_width > max_pixels:
+        raise FormatError(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit")
+    mask = decode_brush_rle(value.get("rle"), rle_height, rle_width, where)
+    if mask.shape != (height, width):  # drawn on the image at another size: scale it onto this one
+        mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask
+
+
+def decode_brush_rle(rle, height: int, width: int, where: str = "brush") -> np.ndarray:
+    """Label Studio brush RLE as a bool HxW mask (the alpha channel of its RGBA raster)."""
+    if not isinstance(rle, list) or len(rle) < 5:
+        raise FormatError(f"{where}: rle must be a list of byte values")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rle):
+        raise FormatError(f"{where}: rle must hold integers 0..255")
+    # The first 32 bits say how many values follow; check before decoding allocates them.
+    declared = int.from_bytes(bytes(rle[:4]), "big")
+    if declared != height * width * 4:
+        raise FormatError(
+            f"{where}: the rle holds {declared // 4} pixels but the region says {width}x{height} ({height * width})"
+        )
+    try:
+        flat = decode_rle(rle)
+    except (ValueError, IndexError) as exc:
+        raise FormatError(f"{where}: the rle is corrupt ({_one_line(exc)})") from None
+    return flat.reshape(height, width, 4)[:, :, 3] > 0
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def prompt_from_regions(regions: list[Region], height: int, width: int, prior: PriorConfig | None = None) -> Prompt:
+    """One Prompt from all the rough shapes of one label."""
+    masks = [r.mask for r in regions if r.kind == "brush"]
+    polygons = [r.polygon for r in regions if r.kind == "polygon"]
+    boxes = [r.box for r in regions if r.kind == "rectangle"]
+    prompt = Prompt(
+        mask=np.logical_or.reduce(masks) if masks else None,
+        polygons=polygons,
+        positive_points=[r.point for r in regions if r.kind == "keypoint" and r.positive],
+        negative_points=[r.point for r in regions if r.kind == "keypoint" and not r.positive],
+    )
+    if len(boxes) == 1:
+        prompt.box = boxes[0]
+    elif boxes:  # several boxes of one label: their union, as a Prompt holds one box
+        inside = np.logical_or.reduce([box_mask(b, height, width) for b in boxes])
+        if prompt.mask is not None or polygons:
+            hard = prompt.mask.copy() if prompt.mask is not None else np.zeros((height, width), bool)
+            for poly in polygons:
+                hard |= rasterize_polygon(poly, height, width)
+            prompt.mask, prompt.polygons = hard & inside, []
+        else:
+            prompt.mask = inside.astype(np.float32) * (prior or PriorConfig()).box_prob
+    return prompt
+
+
+def group_by_label(regions: list[Region]) -> dict[str, list[Region]]:
+    groups: dict[str, list[Region]] = {}
+    for region in regions:
+        groups.setdefault(region.label, []).append(region)
+    return groups
+
+
+def enclosing_region(candidates: list[Region], x: float, y: float, label: str | None = None) -> Region | None:
+    """The smallest hard shape (brush, polygon, rectangle) holding the point, same label first."""
+    holding = [r for r in candidates if r.kind != "keypoint" and r.contains(x, y)]
+    if not holding:
+        return None
+    same = [r for r in holding if r.label == label]
+    return min(same or holding, key=Region.area)
+
+
+# ---------------------------------------------------------------- results
+
+
+def brush_result(mask: np.ndarray, label: str, output: BrushOutput, score: float, region_id: str | None = None) -> dict:
+    """A refined mask as a Label Studio brush result at the image's size."""
+    height, width = mask.shape
+    return {
+        "id": region_id or uuid.uuid4().hex[:10],
+        "from_name": output.from_name,
+        "to_name": output.to_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(np.where(mask, 255, 0).astype(np.uint8)),
+                  "brushlabels": [label]},
+        "score": round(float(score), 4),
+        "readonly": False,
+    }
+
+
+def items_digest(items: list[dict]) -> str:
+    """A stable fingerprint of rough shapes (what they are, not their region ids or timestamps)."""
+    essence = [
+        {k: item.get(k) for k in ("type", "from_name", "to_name", "value", "is_positive",
+                                  "original_width", "original_height")}
+        for item in items
+    ]
+    return hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def writeback_region_id(annotation_id: int, digest: str, index: int) -> str:
+    return f"{WRITEBACK_ID_PREFIX}{annotation_id}-{digest[:12]}-{index}"
+
+
+def writeback_marker(annotation_id: int, digest: str | None = None) -> str:
+    """The region-id prefix of what was written back for this annotation (and these shapes)."""
+    return f"{WRITEBACK_ID_PREFIX}{annotation_id}-" + (f"{digest[:12]}-" if digest else "")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

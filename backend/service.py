@@ -1,0 +1,353 @@
+"""What the backend does with a Label Studio request: find the rough shapes, fetch the image, refine.
+
+Every way a rough shape reaches the backend ends in `_refine`, which calls the engine and turns
+its masks into brush results. The Flask routes (app.py) only parse JSON and map errors to status
+codes; the webhook write-back (writeback.py) reuses `refine_annotation`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+
+from g4seg_core.engines import EngineStatus
+from g4seg_core.images import ImageError
+from g4seg_core.prompts import PromptError
+
+from .images import ImageAccessDenied, ImageDownloadError, ImageFetcher, ImageTooLarge, LRUCache
+from .ls_format import (
+    FormatError,
+    LabelConfig,
+    Region,
+    brush_result,
+    enclosing_region,
+    group_by_label,
+    is_shape,
+    items_digest,
+    parse_label_config,
+    parse_region,
+    prompt_from_regions,
+    rough_items,
+)
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """An answer other than 200, with the reason Label Studio (and its operator) will see."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def error_status(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and one-line reason for an expected failure; None for a bug."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, BackendError):
+        return exc.status, exc.reason
+    if isinstance(exc, ImageAccessDenied):
+        return 403, reason
+    if isinstance(exc, ImageTooLarge):
+        return 413, reason
+    if isinstance(exc, ImageDownloadError):
+        return 502, reason
+    if isinstance(exc, (FormatError, PromptError)):
+        return 400, reason
+    if isinstance(exc, (ImageError, ValueError)):  # undecodable or unusable image (too small, ...)
+        return 422, reason
+    return None
+
+
+class Metrics:
+    """Counters and timings, served as JSON by /metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counters: dict[str, float] = {}
+        self.started = time.time()
+
+    def inc(self, name: str, amount: float = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.counters)
+
+
+class EngineHolder:
+    """Loads the engine once per process, in a thread, so /health answers while weights load."""
+
+    def __init__(self, loader: Callable[[], EngineStatus]):
+        self._loader = loader
+        self._done = threading.Event()
+        self.state = "loading"
+        self.status: EngineStatus | None = None
+        self.error: str | None = None
+
+    def start(self, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self._load, name="g4seg-engine-load", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.status = self._loader()
+            self.state = "ready"
+            log.info("engine ready in %.1f s: %s", time.perf_counter() - started, self.status.engine.version)
+            if self.status.warning:
+                log.warning("%s %s", "!" * 20, self.status.warning)
+        except Exception as exc:  # a failed load is reported by /health and every request
+            self.error = " ".join(str(exc).split()) or type(exc).__name__
+            self.state = "failed"
+            log.error("the engine failed to load: %s", self.error, exc_info=True)
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def require(self) -> EngineStatus:
+        if self.state == "ready":
+            return self.status
+        if self.state == "loading":
+            raise BackendError(503, "the model is still loading; try again shortly")
+        raise BackendError(503, f"the engine failed to load: {self.error}")
+
+
+class RefineGate:
+    """Bounds the refinements running or waiting in this process; the engine runs one at a time."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._slots = threading.BoundedSemaphore(capacity)
+        self.engine_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self.in_use = 0
+
+    @contextmanager
+    def slot(self):
+        if not self._slots.acquire(blocking=False):
+            raise BackendError(503, f"busy: {self.capacity} refinements are already running or waiting; try again")
+        with self._lock:
+            self.in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_use -= 1
+            self._slots.release()
+
+
+Prediction = dict  # {"result": [...], "score": float, "model_version": str}
+
+
+class RefineService:
+    def __init__(self, settings: Settings, holder: EngineHolder, fetcher: ImageFetcher | None = None):
+        self.settings = settings
+        self.holder = holder
+        self.fetcher = fetcher or ImageFetcher(settings)
+        self.gate = RefineGate(settings.queue_size)
+        self.metrics = Metrics()
+        self.by_shapes = LRUCache(settings.result_cache_size)  # (task id, shapes digest) -> Prediction
+        self.by_task = LRUCache(settings.result_cache_size)  # task id -> latest Prediction
+
+    # ------------------------------------------------------------ routes
+
+    def model_version(self) -> str:
+        return self.holder.require().engine.version
+
+    def setup(self, body) -> dict:
+        if not isinstance(body, dict):
+            raise FormatError("the request body must be a JSON object")
+        if body.get("schema"):
+            parse_label_config(body["schema"])  # a project without a brush tag hears why at connection time
+        return {"model_version": self.model_version()}
+
+    def predict(self, body) -> dict:
+        if not isinstance(body, dict):
+            raise FormatError("the request body must be a JSON object")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise FormatError("the request has no tasks (expected a non-empty list)")
+        config = parse_label_config(body.get("label_config"))
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise FormatError("params must be a JSON object")
+        context = params.get("context")
+        tasks = [_check_task(t) for t in tasks]
+        if context is None:
+            return {"results": self._predict_tasks(tasks, config)}
+        if not isinstance(context, dict):
+            raise FormatError("params.context must be a JSON object or null")
+        if len(tasks) != 1:
+            raise FormatError(f"an interactive request carries one task, this one has {len(tasks)}")
+        with self.gate.slot():
+            return {"results": [self._interactive(tasks[0], context.get("result"), config)]}
+
+    def refine_annotation(self, task: dict, annotation: dict, config: LabelConfig, use_gate: bool = False):
+        """(prediction, shapes digest) for an annotation's rough shapes; prediction is None when it has none."""
+        task = _check_task(task)
+        if not isinstance(annotation, dict):
+            raise FormatError("the annotation must be a JSON object")
+        items = rough_items(annotation.get("result"))
+        if not items:
+            return None, None
+        digest = items_digest(items)
+        cached = self.by_shapes.get((task["id"], digest))
+        if cached is not None:
+            self.metrics.inc("cache_hits")
+            return cached, digest
+        if use_gate:
+            with self.gate.slot():
+                prediction = self._refine_items(task, items, config)
+        else:
+            prediction = self._refine_items(task, items, config)
+        self._remember(task["id"], digest, prediction)
+        return prediction, digest
+
+    # ------------------------------------------------------------ the ways in
+
+    def _predict_tasks(self, tasks: list[dict], config: LabelConfig) -> list[Prediction]:
+        """`context: null`: a task being opened, or "retrieve predictions" over a selection.
+
+        Label Studio 1.23 sends both the same way. A task whose latest annotation holds rough shapes
+        gets them refined (from the cache when already done); any other task is answered at once
+        with the last result this process made for it, or nothing.
+        """
+        version = self.model_version()
+        results = []
+        for task in tasks:
+            annotation = latest_annotation(task)
+            try:
+                prediction, _ = self.refine_annotation(task, annotation, config, use_gate=True) if annotation \
+                    else (None, None)
+            except Exception as exc:
+                status = error_status(exc)
+                if status is None or status[0] == 503:
+                    raise  # busy or not ready: the whole request fails, Label Studio saves nothing
+                log.warning("task %s: cannot refine its latest annotation: %s", task["id"], status[1])
+                self.metrics.inc("task_errors")
+                results.append({"result": [], "score": 0.0, "model_version": version, "error": status[1]})
+                continue
+            if prediction is None:
+                prediction = self.by_task.get(task["id"]) or {"result": [], "score": 0.0, "model_version": version}
+            results.append(prediction)
+        return results
+
+    def _interactive(self, task: dict, items, config: LabelConfig) -> Prediction:
+        """A shape drawn in the labeling screen (brush, polygon, smart rectangle or keypoint)."""
+        if not isinstance(items, list):
+            raise FormatError("params.context.result must be a list of regions")
+        shapes = [item for item in items if is_shape(item)]
+        if not shapes:
+            raise FormatError("the context holds no brush, polygon, rectangle or keypoint region")
+        to_name = _name(shapes[0].get("to_name"))
+        image = self._task_image(task, config.output_for(to_name))
+        height, width = image.shape[:2]
+        regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in shapes]
+        saved: list[list[Region]] | None = None
+        groups: dict[str, list[Region]] = {}
+        for label, group in group_by_label(regions).items():
+            out_label = label
+            if all(r.kind == "keypoint" for r in group):
+                # A click alone: if it lies in a rough shape already saved on the task, refine that shape.
+                click = next((r for r in group if r.positive), group[0])
+                saved = self._saved_regions(task, height, width) if saved is None else saved
+                shape = next((s for s in (enclosing_region(src, *click.point, label) for src in saved) if s), None)
+                if shape is not None:
+                    group = [shape, *group]
+                    if label not in config.output_for(to_name, label).labels:
+                        out_label = shape.label
+            groups.setdefault(out_label, []).extend(group)
+        prediction = self._refine(image, groups, config, to_name)
+        self.by_task.put(task["id"], prediction)
+        return prediction
+
+    def _refine_items(self, task: dict, items: list[dict], config: LabelConfig) -> Prediction:
+        to_name = _name(items[0].get("to_name"))
+        image = self._task_image(task, config.output_for(to_name))
+        height, width = image.shape[:2]
+        regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in items]
+        return self._refine(image, group_by_label(regions), config, to_name)
+
+    # ------------------------------------------------------------ the common end
+
+    def _refine(self, image: np.ndarray, groups: dict[str, list[Region]], config: LabelConfig,
+                to_name: str | None) -> Prediction:
+        height, width = image.shape[:2]
+        outputs = {}
+        for label in groups:
+            output = config.output_for(to_name, label)
+            outputs[label] = output
+            output.check_label(label)
+        prompts = {label: prompt_from_regions(regions, height, width) for label, regions in groups.items()}
+        status = self.holder.require()
+        started = time.perf_counter()
+        with self.gate.engine_lock:
+            refined = status.engine.refine_classes(image, prompts)
+        self.metrics.inc("refinements")
+        self.metrics.inc("refine_seconds", time.perf_counter() - started)
+        result, scores = [], []
+        for label, outcome in refined.items():
+            if outcome.mask.any():  # an empty brush region is of no use to the annotator
+                result.append(brush_result(outcome.mask, label, outputs[label], outcome.score))
+                scores.append(outcome.score)
+        score = float(np.mean(scores)) if scores else 0.0
+        return {"result": result, "score": round(score, 4), "model_version": status.engine.version}
+
+    def _task_image(self, task: dict, output) -> np.ndarray:
+        url = task["data"].get(output.data_key)
+        if url is None:
+            raise FormatError(f"task {task['id']} has no data.{output.data_key} (the image the brush tag labels)")
+        return self.fetcher.fetch(url, task_id=task["id"])
+
+    def _saved_regions(self, task: dict, height: int, width: int) -> list[list[Region]]:
+        """Shapes saved on the task (annotations and drafts), newest source first."""
+        sources = [s for key in ("drafts", "annotations") for s in (task.get(key) or []) if isinstance(s, dict)]
+        sources.sort(key=lambda s: str(s.get("updated_at") or s.get("created_at") or ""), reverse=True)
+        out = []
+        for source in sources:
+            regions = []
+            for item in source.get("result") or []:
+                if not is_shape(item):
+                    continue
+                try:
+                    regions.append(parse_region(item, height, width, self.settings.max_image_pixels))
+                except FormatError as exc:  # a broken saved region is skipped, the click still counts
+                    log.info("task %s: skipping a saved region: %s", task["id"], exc)
+            out.append(regions)
+        return out
+
+    def _remember(self, task_id: int, digest: str, prediction: Prediction) -> None:
+        self.by_shapes.put((task_id, digest), prediction)
+        self.by_task.put(task_id, prediction)
+
+
+def latest_annotation(task: dict) -> dict | None:
+    annotations = [a for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not annotations:
+        return None
+    return max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""),
+                                           a["id"] if isinstance(a.get("id"), int) else 0))
+
+
+def _name(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _check_task(task) -> dict:
+    if not isinstance(task, dict) or not isinstance(task.get("id"), int) or isinstance(task.get("id"), bool):
+        raise FormatError("each task needs an integer id")
+    if not isinstance(task.get("data"), dict):
+        raise FormatError(f"task {task['id']} has no data object")
+    return task

@@ -1,0 +1,170 @@
+"""The backend's settings, read once from the environment (see docs/operators.md for each one)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+from g4seg_core.engines import ENGINE_CHOICES
+
+log = logging.getLogger(__name__)
+
+# Refiner settings come from G4SEG_<FIELD> for each RefinerConfig field; these G4SEG_ names are
+# the backend's own and never a refiner field.
+_OWN_NAMES = {
+    "G4SEG_ENGINE", "G4SEG_MODEL", "G4SEG_DEVICE", "G4SEG_DTYPE", "G4SEG_CPU_DTYPE", "G4SEG_HOST",
+    "G4SEG_THREADS", "G4SEG_WORKERS", "G4SEG_TIMEOUT", "G4SEG_MAX_IMAGE_PIXELS", "G4SEG_MAX_IMAGE_BYTES",
+    "G4SEG_MAX_REQUEST_BYTES", "G4SEG_QUEUE_SIZE", "G4SEG_WRITEBACK_QUEUE_SIZE", "G4SEG_WRITEBACK_RETRIES",
+    "G4SEG_WRITEBACK_BACKOFF", "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV",
+    "G4SEG_LOG_LEVEL",
+}
+
+
+class SettingsError(ValueError):
+    """A setting with a value the backend cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Label Studio this backend serves: images come only from here, predictions go back here.
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    local_files_root: Path | None = None  # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, when mounted here
+    # Engine
+    engine: str = "auto"
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    refiner_settings: dict = field(default_factory=dict)  # typed RefinerConfig fields
+    # Access
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    # Limits
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 32 * 1024 * 1024
+    queue_size: int = 4  # refinements running or waiting at once per process; more get 503
+    writeback_queue_size: int = 64
+    writeback_retries: int = 5
+    writeback_backoff: float = 2.0  # seconds before the first retry; doubles each time
+    result_cache_size: int = 256
+    image_cache_size: int = 8
+    # Server (used by `g4seg serve`)
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    timeout: int = 300
+    log_level: str = "INFO"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def can_write_back(self) -> bool:
+        return bool(self.label_studio_url and self.label_studio_api_key)
+
+    def engine_description(self) -> dict:
+        return {"engine": self.engine, "model": self.model, "device": self.device, "dtype": self.dtype,
+                "settings": dict(self.refiner_settings)}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from environment variables; `overrides` (non-None values) win, e.g. CLI flags."""
+        env = os.environ if env is None else env
+        values = dict(
+            label_studio_url=_url(env.get("LABEL_STUDIO_URL")),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            local_files_root=_root(env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")),
+            engine=_choice("G4SEG_ENGINE", env.get("G4SEG_ENGINE", "auto"), ENGINE_CHOICES),
+            model=env.get("G4SEG_MODEL") or None,
+            device=env.get("G4SEG_DEVICE", "auto") or "auto",
+            dtype=env.get("G4SEG_DTYPE", "auto") or "auto",
+            refiner_settings=refiner_settings_from_env(env),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            host=env.get("G4SEG_HOST", cls.host) or cls.host,
+            log_level=(env.get("G4SEG_LOG_LEVEL") or env.get("LOG_LEVEL") or cls.log_level).upper(),
+        )
+        numbers = {
+            "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
+            "max_image_bytes": ("G4SEG_MAX_IMAGE_BYTES", int, 1),
+            "max_request_bytes": ("G4SEG_MAX_REQUEST_BYTES", int, 1024),
+            "queue_size": ("G4SEG_QUEUE_SIZE", int, 1),
+            "writeback_queue_size": ("G4SEG_WRITEBACK_QUEUE_SIZE", int, 1),
+            "writeback_retries": ("G4SEG_WRITEBACK_RETRIES", int, 0),
+            "writeback_backoff": ("G4SEG_WRITEBACK_BACKOFF", float, 0),
+            "result_cache_size": ("G4SEG_RESULT_CACHE_SIZE", int, 1),
+            "image_cache_size": ("G4SEG_IMAGE_CACHE_SIZE", int, 0),
+            "port": ("PORT", int, 1),
+            "workers": ("G4SEG_WORKERS", int, 1),
+            "threads": ("G4SEG_THREADS", int, 2),
+            "timeout": ("G4SEG_TIMEOUT", int, 1),
+        }
+        for name, (var, kind, minimum) in numbers.items():
+            if env.get(var):
+                values[name] = _number(var, env[var], kind, minimum)
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if values["engine"] not in ENGINE_CHOICES:
+            raise SettingsError(f"unknown engine {values['engine']!r} (choose from {', '.join(ENGINE_CHOICES)})")
+        return cls(**values)
+
+
+def refiner_settings_from_env(env: Mapping[str, str]) -> dict:
+    """G4SEG_<FIELD> for every RefinerConfig field, checked and typed by RefinerConfig itself."""
+    from g4seg_core.config import RefinerConfig
+
+    names = {f"G4SEG_{f.name.upper()}": f.name for f in fields(RefinerConfig)}
+    unknown = sorted(k for k in env if k.startswith("G4SEG_") and k not in names and k not in _OWN_NAMES)
+    if unknown:  # most likely a typo; other tools of the project may use G4SEG_ names too, so only warn
+        log.warning("ignoring %s: not a backend setting nor a refiner field (%s)", ", ".join(unknown),
+                    ", ".join(sorted(names)))
+    raw = {names[k]: v for k, v in env.items() if k in names}
+    try:
+        config = RefinerConfig.from_strings(raw)
+    except ValueError as exc:
+        raise SettingsError(f"refiner settings: {exc}") from None
+    return {key: getattr(config, key) for key in raw}
+
+
+def _url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"LABEL_STUDIO_URL must start with http:// or https:// and name a host, got {value!r}")
+    return value.rstrip("/")
+
+
+def _root(value: str | None) -> Path | None:
+    if not value:
+        return None
+    root = Path(value).expanduser().resolve()
+    if root == Path(root.anchor):
+        raise SettingsError("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT must not be the file system root")
+    return root
+
+
+def _choice(var: str, value: str, choices) -> str:
+    value = (value or "").strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{var}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _number(var: str, raw: str, kind, minimum):
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise SettingsError(f"{var} must be at least {minimum}, got {raw}")
+    return value
