@@ -98,7 +98,7 @@ def _disc_mask(centres: np.ndarray, radius: float, height: int, width: int) -> n
     canvas = np.zeros((height, width), np.uint8)
     r = max(1, int(round(radius)))
     for x, y in centres:
-        cv2.circle(canvas, (int(round(x - 0.5)), int(round(y - 0.5))), r, 1, thickness=-1)
+        cv2.circle(canvas, (int(np.floor(x)), int(np.floor(y))), r, 1, thickness=-1)
     return canvas.astype(bool)
 
 
@@ -107,7 +107,7 @@ def rasterize_scribble(points, height: int, width: int, thickness: float) -> np.
     if len(arr) < 1:
         raise PromptError("scribble has no points")
     canvas = np.zeros((height, width), np.uint8)
-    pts = np.round(arr - 0.5).astype(np.int32)
+    pts = np.floor(arr).astype(np.int32)  # the pixel a point falls in
     t = max(1, int(round(thickness)))
     if len(pts) == 1:
         cv2.circle(canvas, tuple(int(v) for v in pts[0]), max(1, t // 2), 1, thickness=-1)
