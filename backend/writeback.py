@@ -10,6 +10,7 @@ whose shapes changed gets its earlier prediction updated, not a second one.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -67,7 +68,7 @@ class WriteBack:
         self.metrics = service.metrics
         self._client_factory = client_factory or default_client_factory(settings)
         self._client = None
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.writeback_queue_size)
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.writeback_queue_size)
         self._seen: OrderedDict = OrderedDict()  # keys queued or written, most recent last
         self._seen_lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,6 +129,8 @@ class WriteBack:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes the worker at once
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -147,6 +150,9 @@ class WriteBack:
                 job = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if job is None:
+                self._queue.task_done()
+                break
             try:
                 self._process(job)
             except Exception:  # a bug in one job must not end the worker
