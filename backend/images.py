@@ -95,8 +95,17 @@ class _LabelStudioOnlySession(requests.Session):
         self.allowed_url = allowed_url
         self.max_bytes = max_bytes
         self.max_redirects = 5
+        self.refusal: ImageFetchError | None = None
 
     def send(self, request, **kwargs):
+        try:
+            return self._checked_send(request, **kwargs)
+        except ImageFetchError as exc:
+            # The SDK's upload fallback swallows errors from its second try; keep ours to re-raise.
+            self.refusal = exc
+            raise
+
+    def _checked_send(self, request, **kwargs):
         if origin(request.url) != self.allowed:
             raise ImageAccessDenied(
                 f"refusing to fetch an image from {urlparse(request.url).netloc or request.url!r}: "
@@ -181,11 +190,15 @@ class ImageFetcher:
                                       access_token=self.settings.label_studio_api_key, task_id=task_id)
             except ImageFetchError:
                 raise
-            except requests.HTTPError as exc:
+            except Exception as exc:
+                if session.refusal is not None:
+                    raise session.refusal from None
+                if not isinstance(exc, (requests.RequestException, OSError)):
+                    raise
+                if not isinstance(exc, requests.HTTPError):
+                    raise ImageDownloadError(f"cannot download the image {url!r}: {_one_line(exc)}") from None
                 status = exc.response.status_code if exc.response is not None else "?"
                 raise ImageDownloadError(f"Label Studio answered {status} for the image {url!r}") from None
-            except (requests.RequestException, OSError) as exc:
-                raise ImageDownloadError(f"cannot download the image {url!r}: {_one_line(exc)}") from None
             finally:
                 session.close()
             return Path(path).read_bytes()
