@@ -79,4 +79,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so exception classes are the ones commands raise.
+    from g4seg_core.cli import main as package_main
+
+    sys.exit(package_main())

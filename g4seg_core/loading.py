@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 COMPONENTS = ("unet", "vae", "text_encoder")
 # Only what loading needs: configs, tokenizer files and safetensors weights (never pickles).
@@ -34,7 +32,9 @@ def default_model() -> str:
     return os.environ.get("G4SEG_MODEL") or DEFAULT_MODEL
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto"):
+    import torch
+
     device = (device or "auto").lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,22 +45,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device):
     """`auto`: fp16 on CUDA; on CPU the G4SEG_CPU_DTYPE setting (bfloat16 unless set to float32)."""
+    import torch
+
     dtype = (dtype or "auto").lower()
     if dtype == "auto":
         if device.type == "cuda":
             return torch.float16
         dtype = os.environ.get("G4SEG_CPU_DTYPE", "bfloat16").lower()
-    if dtype not in DTYPES:
+    if dtype not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16, float16)")
-    if DTYPES[dtype] == torch.float16 and device.type == "cpu":
+    resolved = getattr(torch, DTYPE_NAMES[dtype])
+    if resolved == torch.float16 and device.type == "cpu":
         raise ValueError("float16 is not supported on the CPU; use bfloat16 or float32")
-    return DTYPES[dtype]
+    return resolved
 
 
 def _check_safetensors(folder: Path) -> None:

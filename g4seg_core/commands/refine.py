@@ -106,12 +106,9 @@ def refiner_settings(args) -> dict:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..cli import CommandError
     from ..config import RefinerConfig
     from ..images import load_image, save_mask
-    from ..refiner import G4SegRefiner
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -121,6 +118,8 @@ def run(args) -> int:
     image = load_image(args.image)
     prompt = build_prompt(args, *image.shape[:2])
     config = RefinerConfig(**refiner_settings(args))
+    from ..refiner import G4SegRefiner  # torch and diffusers: only once the input is known to be good
+
     refiner = G4SegRefiner.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=config)
     result = refiner.refine(image, prompt, args.label)
     save_mask(result.mask, out)
