@@ -91,7 +91,8 @@ class TextSegConfig:
         d = asdict(self)
         keys = [k for k in self._version_keys if k in d]
         parts = [f"{k}={d[k]}" for k in keys]
-        parts.append("w=" + ",".join(f"{r}:{w:g}" for r, w in self.cross_weights))
+        # No commas: Label Studio's Data Manager splits model versions on them.
+        parts.append("w=" + "/".join(f"{r}:{w:g}" for r, w in self.cross_weights))
         return "-".join(parts)
 
     _version_keys: ClassVar[tuple[str, ...]] = ("timestep", "working_size")

@@ -203,10 +203,11 @@ def test_an_interrupted_run_keeps_what_it_computed_and_the_next_run_continues():
     client = FakeLabelStudio(range(1, 7))
     summary = preannotate_project(client, 1, FakePreannotator(interrupt_at=4), fetch, OUTPUT, batch_size=100,
                                   progress=False)
-    assert summary.interrupted and summary.done == 2  # tasks 1 and 2 (3 failed), flushed on the interrupt
+    # Interrupted on task 5: tasks 1, 2 and 4 are computed (3 failed) and flushed on the way out.
+    assert summary.interrupted and summary.done == 3 and summary.not_uploaded == 0
     assert summary.failed == [(3, "cannot decode image")]
     summary = preannotate_project(client, 1, FakePreannotator(), fetch, OUTPUT, batch_size=2, progress=False)
-    assert (summary.done, summary.skipped, len(summary.failed)) == (3, 2, 1)
+    assert (summary.done, summary.skipped, len(summary.failed)) == (2, 3, 1)
     assert sorted(p.task for p in client.stored) == [1, 2, 4, 5, 6]
 
 
