@@ -1,4 +1,4 @@
-"""Every setting of the refiner in one dataclass; the defaults are the method page's (docs/method.md)."""
+"""Every setting of the refiner in one dataclass; documented in docs/method.md."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
