@@ -61,3 +61,19 @@ def test_serve_reports_a_bad_setting_in_one_line(monkeypatch, capsys):
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("g4seg: error:") and "G4SEG_ENGINE" in err and err.count("\n") == 1
+
+
+def test_operators_doc_lists_every_setting():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from backend.settings import _OWN_NAMES
+    from g4seg_core.config import RefinerConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operators.md").read_text()
+    refiner = {f"G4SEG_{f.name.upper()}" for f in fields(RefinerConfig)}
+    backend = _OWN_NAMES - {"G4SEG_LABEL_STUDIO_VENV"}  # the test harness's, documented with the tests
+    own = {"LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "BASIC_AUTH_USER",
+           "BASIC_AUTH_PASS", "PORT"}
+    missing = sorted(name for name in refiner | backend | own if f"`{name}`" not in doc)
+    assert not missing, f"docs/operators.md does not document {missing}"
