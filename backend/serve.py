@@ -38,7 +38,20 @@ def gunicorn_options(settings: Settings) -> dict:
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "preload_app": False,  # load the model in each worker, after the fork
+        "worker_exit": finish_writebacks,
     }
+
+
+def finish_writebacks(server, worker) -> None:
+    """On shutdown, give queued write-backs a little time to land, and say if some did not."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("g4seg") if app is not None else None
+    if state is None:
+        return
+    if not state.writeback.wait_idle(20):
+        logging.getLogger(__name__).warning("shutting down with %d write-back(s) not done",
+                                            state.writeback.pending())
+    state.writeback.stop()
 
 
 def run(args) -> int:

@@ -198,17 +198,30 @@ class LabelStudio:
             ids = sorted(t["id"] for t in tasks)[-len(paths):]
         return ids
 
-    def import_local_files(self, project: int, relative_paths: list[str]) -> list[int]:
-        """Tasks whose images are /data/local-files/?d=<rel> under this server's local-files root."""
+    def import_local_files(self, project: int, paths: list[Path], folder: str) -> list[int]:
+        """Copy images into <local-files root>/<folder> and import them through a local-files storage.
+
+        Tasks get data.image = /data/local-files/?d=<folder>/<name>. Returns task ids in `paths` order.
+        """
+        target = self.local_root / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            shutil.copy(path, target / Path(path).name)
         storage = self.call("POST", "/api/storages/localfiles", json={
-            "project": project, "path": str(self.local_root), "use_blob_urls": True, "regex_filter": ".*",
-            "title": "e2e local files"})
+            "project": project, "path": str(target), "use_blob_urls": True, "regex_filter": ".*",
+            "title": f"e2e {folder}"})
         self.call("POST", f"/api/storages/localfiles/{storage['id']}/sync")
-        tasks = self.call("GET", f"/api/tasks?project={project}&page_size=1000")
-        tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-        wanted = {f"/data/local-files/?d={rel}": rel for rel in relative_paths}
-        by_url = {t["data"].get("image"): t["id"] for t in tasks}
-        return [by_url[url] for url in wanted]
+        deadline = time.monotonic() + 60
+        wanted = [f"/data/local-files/?d={folder}/{Path(path).name}" for path in paths]
+        while True:
+            tasks = self.call("GET", f"/api/tasks?project={project}&page_size=1000")
+            tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+            by_url = {t["data"].get("image"): t["id"] for t in tasks}
+            if all(url in by_url for url in wanted):
+                return [by_url[url] for url in wanted]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"local-files sync made {sorted(by_url)}, not {wanted}")
+            time.sleep(0.5)
 
     def register_ml_backend(self, project: int, url: str, basic_auth: tuple[str, str] | None = None,
                             interactive: bool = True, title: str = "g4seg") -> int:

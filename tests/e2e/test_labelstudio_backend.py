@@ -151,7 +151,8 @@ def test_retrieve_predictions_fills_every_task(setup, label_config_xml, test_ima
     ls = setup.ls
     images = test_images(3, seed=10 + len(setup.engine))
     project = ls.create_project(label_config_xml, title=f"e2e retrieve {setup.engine}")
-    tasks = ls.import_images(project, [path for path, _ in images])
+    # Local-files tasks this time (/data/local-files/?d=...): the backend downloads them from Label Studio.
+    tasks = ls.import_local_files(project, [path for path, _ in images], folder=f"retrieve-{setup.engine}")
     boxes = [rough_box(mask) for _, mask in images]
     for task, box in zip(tasks, boxes):  # rough shapes saved before the backend is connected
         ls.create_annotation(task, [polygon_region(box)])

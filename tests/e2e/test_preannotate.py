@@ -41,7 +41,7 @@ def project_with_broken_image(label_studio, label_config_xml, test_images, tmp_p
 def run_preannotate(label_studio, tiny_model_dir, project: int, *extra: str) -> int:
     return main(["preannotate", "--url", label_studio.url, "--api-key", label_studio.token, "--project", str(project),
                  "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32", "--quiet",
-                 "--batch-size", "3", *extra])
+                 "--batch-size", "3", "--setting", "working_size=64", *extra])
 
 
 def ours(label_studio, task: int) -> list[dict]:
