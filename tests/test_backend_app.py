@@ -328,6 +328,57 @@ def test_images_need_a_configured_label_studio_when_not_on_local_disk(files):
     app.extensions["g4seg"].writeback.stop()
 
 
+def test_an_image_label_studio_cannot_hand_over_is_a_502(files):
+    # Nothing listens on port 9: Label Studio is down.
+    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40)
+    upload = {"id": 1, "data": {"picture": "/data/upload/1/cat.png"}}
+    answer = client.post("/predict", json=predict_body([polygon()], tasks=[upload]))
+    assert answer.status_code == 502 and "cannot download" in answer.get_json()["error"]
+    assert only_result(client.post("/predict", json=predict_body([polygon()])))["result"]
+    app.extensions["g4seg"].writeback.stop()
+
+
+def test_the_model_loads_once_per_process_and_never_in_setup(files):
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return create_engine("identity")
+
+    settings = Settings(local_files_root=files)
+    app = create_app(settings, engine_loader=loader, load_in_background=True)
+    client = app.test_client()
+    deadline = time.monotonic() + 10
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for _ in range(3):
+        assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
+        assert client.post("/predict", json=predict_body([polygon()])).status_code == 200
+    assert loads == [1]
+    app.extensions["g4seg"].writeback.stop()
+
+
+def test_requests_while_the_model_loads_get_503_and_health_says_loading(files):
+    gate = threading.Event()
+
+    def slow_loader():
+        assert gate.wait(10)
+        return create_engine("identity")
+
+    app = create_app(Settings(local_files_root=files), engine_loader=slow_loader, load_in_background=True)
+    client = app.test_client()
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["status"] == "LOADING"
+    for answer in (client.post("/setup", json={"project": "1.1", "schema": CONFIG}),
+                   client.post("/predict", json=predict_body([polygon()]))):
+        assert answer.status_code == 503 and "loading" in answer.get_json()["error"]
+    gate.set()
+    app.extensions["g4seg"].holder.wait(10)
+    assert client.get("/health").status_code == 200
+    app.extensions["g4seg"].writeback.stop()
+
+
 class GatedEngine(Engine):
     """The identity refiner that waits for a go-ahead: holds the engine busy on demand."""
 
