@@ -13,6 +13,7 @@ benchmarks/results/preannotate_throughput_<cpu|cuda>.json and, from all such fil
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import replace
@@ -123,7 +124,9 @@ def _section(rows: list[dict], meta: dict) -> str:
         f"{meta['date']}; full-size SD 2.1-base architecture with random weights; {meta['method']}, "
         f"{meta['classes']} classes per image, {meta['image_size']} images, refinement with "
         f"{meta['refine_settings'] or 'its default settings'}. Compute only (image download and upload left "
-        "out); the mean over the images measured, after one warm-up image.",
+        f"out); the mean over the images measured, after one warm-up image. {meta['threads']} torch threads; "
+        f"1-minute load average {meta['load_average'][0]} at the start and {meta['load_average'][1]} at the end "
+        "(other work on the machine slows these figures).",
         "",
         "| working size | images | text-only s/image | text-only images/hour | + refinement s/image "
         "| + refinement images/hour | UNet calls/image | classes refined/image |",
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    load_before = os.getloadavg()[0]
     refine_settings = {} if args.refine_iterations is None else {"iterations": args.refine_iterations}
     started = time.perf_counter()
     model = build_random_model(args.config_dir, args.device, args.dtype)
@@ -174,6 +178,9 @@ def main(argv=None) -> int:
         "classes": len(LABELS),
         "image_size": "640x480",
         "refine_settings": ", ".join(f"{k}={v}" for k, v in refine_settings.items()),
+        # Other work on the machine slows the figures; the 1-minute load average says how busy it was.
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "threads": torch.get_num_threads(),
     }
     kind = "cuda" if model.device.type == "cuda" else "cpu"
     if args.no_doc:  # a trial run: print, keep the recorded results as they are
