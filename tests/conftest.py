@@ -7,6 +7,15 @@ import pytest
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tiny model's operations are so small that thread hand-offs dominate them, and on a busy
+# 2-core machine they make every call many times slower: one thread, here and in subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from PIL import Image
 
 def g4seg(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "g4seg_core.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          cwd=cwd, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
 @pytest.fixture(scope="module")
