@@ -32,8 +32,14 @@ def _byte_level_vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model to `out_dir` (created; must be empty or absent). Returns the folder."""
+def make_tiny_model(out_dir: str | Path, seed: int = 0, style: str = "sd2") -> Path:
+    """Write the tiny model to `out_dir` (created; must be empty or absent). Returns the folder.
+
+    `style`: "sd2" (linear projections, head count per block, like SD 2.x) or "sd15"
+    (convolutional projections, fixed head size, like SD 1.x).
+    """
+    if style not in ("sd2", "sd15"):
+        raise ValueError(f"style must be sd2 or sd15, got {style!r}")
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -49,9 +55,9 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         layers_per_block=1,
-        attention_head_dim=(2, 4, 4),
+        attention_head_dim=(2, 4, 4) if style == "sd2" else 2,
         cross_attention_dim=32,
-        use_linear_projection=True,
+        use_linear_projection=style == "sd2",
         norm_num_groups=8,
     )
     torch.manual_seed(seed + 1)
@@ -98,7 +104,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / "README.md").write_text(TINY_README.format(seed=seed))
-        (staging / "g4seg_tiny.json").write_text(json.dumps({"random_weights": True, "seed": seed}))
+        (staging / "g4seg_tiny.json").write_text(json.dumps({"random_weights": True, "seed": seed, "style": style}))
         if out.exists():
             out.rmdir()
         staging.rename(out)

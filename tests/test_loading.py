@@ -61,3 +61,22 @@ def test_device_and_dtype_resolution(monkeypatch):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_sd15_style_models_load_and_refine(tmp_path):
+    import numpy as np
+
+    from g4seg_core.config import RefinerConfig
+    from g4seg_core.prompts import Prompt
+    from g4seg_core.refiner import G4SegRefiner
+    from g4seg_core.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "sd15", style="sd15")
+    model = SDModel.from_pretrained(str(folder), device="cpu", dtype="float32")
+    assert not model.unet.config.use_linear_projection
+    image = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 80), bool)
+    mask[16:48, 20:60] = True
+    trace = G4SegRefiner(model, RefinerConfig(iterations=1, early_stop=False)).refine_trace(image, Prompt(mask=mask), "cat")
+    assert trace.iterations == 1 and trace.mask.shape == (64, 80)
+    assert (trace.probability != mask).any()  # the injected pass ran and moved something
