@@ -64,6 +64,13 @@ class Preannotator:
                 version += f" refine {self.refiner.version}"
         return version
 
+    def predict_task(self, task: dict, output: BrushOutput, fetch, labels: list[str] | None = None) -> dict:
+        """A prediction for a Label Studio task ({"id", "data"}); `fetch(url, task_id)` gives its image."""
+        url = (task.get("data") or {}).get(output.data_key)
+        if url is None:
+            raise FormatError(f"the task has no data.{output.data_key} (the image the brush tag labels)")
+        return self.predict(fetch(url, task["id"]), output, labels)
+
     def predict(self, image: np.ndarray, output: BrushOutput, labels: list[str] | None = None) -> dict:
         """A prediction for one image: {"result": [brush results], "score", "model_version"}."""
         labels = list(labels or output.labels)
@@ -252,11 +259,7 @@ def preannotate_project(client, project_id: int, preannotator: Preannotator, fet
     try:
         for item in pending:
             try:
-                url = item.data.get(output.data_key)
-                if url is None:
-                    raise FormatError(f"the task has no data.{output.data_key} (the image the brush tag labels)")
-                image = fetch(url, item.task_id)
-                prediction = preannotator.predict(image, output, labels)
+                prediction = preannotator.predict_task({"id": item.task_id, "data": item.data}, output, fetch, labels)
             except Exception as exc:  # one task's failure never stops the run
                 reason = _describe(exc)
                 if not isinstance(exc, (ImageError, FormatError, ValueError)):

@@ -23,7 +23,6 @@ over several prompts that go through the UNet together as one batch: still one U
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 
@@ -36,8 +35,6 @@ from .attention import AttentionCapture
 from .engine import Engine, RefineResult, check_image
 from .model import SDModel
 from .regions import crop, paste, whole_image_region
-
-log = logging.getLogger(__name__)
 
 # The named resolutions are attention sides for a 512 input, whose latent side is this.
 _REFERENCE_LATENT_SIDE = 64

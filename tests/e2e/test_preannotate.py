@@ -16,7 +16,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from backend.ls_format import BrushOutput
-from backend.preannotation import MODEL_VERSION_PREFIX, PredictionUploader, Shard, preannotate_project
+from backend.preannotation import MODEL_VERSION_PREFIX, PredictionUploader, Preannotator, Shard, preannotate_project
 from g4seg_core.cli import main
 
 H, W = 96, 128  # the size of labelstudio.write_test_images' images
@@ -178,7 +178,9 @@ class FakeLabelStudio:
             raise httpx.ReadTimeout("the answer was lost")  # but the predictions landed
 
 
-class FakePreannotator:
+class FakePreannotator(Preannotator):
+    """Answers an empty prediction without a model; can raise KeyboardInterrupt on its n-th image."""
+
     model_version = f"{MODEL_VERSION_PREFIX} fake"
 
     def __init__(self, interrupt_at=None):
