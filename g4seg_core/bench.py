@@ -186,6 +186,7 @@ def _write_text_atomic(text: str, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -291,7 +292,9 @@ def _text(canvas: np.ndarray, text: str, org) -> None:
 
 
 def examples_grid(examples: list[Example], methods: list[str], num_classes: int, cell: int = 160) -> np.ndarray:
-    """One row per (image, coarse kind): image, ground truth, coarse input, each method's result."""
+    """One row per (image, coarse kind): image, ground truth, coarse input, each method's result.
+
+    Each tile is the image scaled so its long side is `cell` pixels, padded to `cell` wide."""
     colours = class_colours(max(num_classes, 2))
     titles = ["image", "ground truth", "coarse"] + methods
     header = 18
@@ -300,26 +303,22 @@ def examples_grid(examples: list[Example], methods: list[str], num_classes: int,
         h, w = ex.image.shape[:2]
         scale = cell / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small_img = cv2.resize(ex.image, size, interpolation=cv2.INTER_AREA)
+        rows_idx = np.minimum(((np.arange(size[1]) + 0.5) / scale).astype(int), h - 1)
+        cols_idx = np.minimum(((np.arange(size[0]) + 0.5) / scale).astype(int), w - 1)
 
-        def fit(img, interp=cv2.INTER_AREA):
-            tile = np.zeros((cell, cell, 3), np.uint8)
-            small = cv2.resize(img, size, interpolation=interp)
-            tile[: small.shape[0], : small.shape[1]] = small
-            return tile
+        def tile(labels=None):
+            out = np.zeros((size[1] + 1, cell, 3), np.uint8)  # one dark line between rows
+            if labels is None:
+                out[: size[1], : size[0]] = small_img
+            else:
+                small_lab = np.asarray(labels, np.int64)[np.ix_(rows_idx, cols_idx)]  # nearest neighbour
+                out[: size[1], : size[0]] = _overlay(small_img, small_lab, colours)
+            return out
 
-        def labels_tile(labels):
-            small_img = cv2.resize(ex.image, size, interpolation=cv2.INTER_AREA)
-            rows = np.minimum(((np.arange(size[1]) + 0.5) / scale).astype(int), h - 1)
-            cols = np.minimum(((np.arange(size[0]) + 0.5) / scale).astype(int), w - 1)
-            small_lab = np.asarray(labels, np.int64)[np.ix_(rows, cols)]  # nearest neighbour
-            tile = np.zeros((cell, cell, 3), np.uint8)
-            tile[: size[1], : size[0]] = _overlay(small_img, small_lab, colours)
-            return tile
-
-        tiles = [fit(ex.image), labels_tile(ex.gt), labels_tile(ex.coarse_map)]
-        tiles += [labels_tile(ex.results[m]) for m in methods]
+        tiles = [tile(), tile(ex.gt), tile(ex.coarse_map)] + [tile(ex.results[m]) for m in methods]
         row = np.concatenate(tiles, axis=1)
-        _text(row, f"{ex.sample_id} / {ex.coarse}", (4, cell - 6))
+        _text(row, f"{ex.sample_id} / {ex.coarse}", (4, 12))
         rows.append(row)
     head = np.full((header, cell * len(titles), 3), 32, np.uint8)
     for k, t in enumerate(titles):
