@@ -128,3 +128,31 @@ def test_bench_runs_g4seg_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert g4["version"].startswith("g4seg") and g4["n"] == len(SyntheticDataset(1, 0, 48).load(0).objects)
     assert all(math.isfinite(g4[k]) for k in SCORES) and g4["seconds_per_image"] > 0
     assert (out / "examples.png").is_file()
+
+
+def test_bench_on_voc_ignores_the_255_band(tmp_path):
+    # A person with VOC's 255 band around it; the base method also claims the band. The band is
+    # not scored, so the base method's mask is perfect by IoU and mIoU.
+    voc = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(voc / "JPEGImages" / "a.jpg")
+    labels = np.zeros((40, 50), np.uint8)
+    labels[9:31, 9:31] = 255
+    labels[10:30, 10:30] = 15
+    label_png = Image.fromarray(labels, mode="P")
+    label_png.putpalette([v for c in range(256) for v in (c, c, c)])
+    label_png.save(voc / "SegmentationClass" / "a.png")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    Image.fromarray(np.where(labels > 0, 15, 0).astype(np.uint8), mode="L").save(preds / "a.png")
+    out = tmp_path / "out"
+    assert bench("--data", f"voc:{voc}", "--coarse", f"pred:{preds},dilate:3", "--methods", "identity",
+                 "--out", str(out)) == 0
+    pred_row, dilate_row = json.loads((out / "results.json").read_text())
+    assert pred_row["iou"] == 1.0 and pred_row["miou"] == 1.0 and pred_row["n"] == 1
+    # dilate:3 (a Euclidean disc) grows the 20 x 20 person to 26 x 26 less 5 pixels at each corner
+    # (offsets (1..3, 1..3) beyond distance 3); the 84 band pixels inside it are not scored.
+    assert dilate_row["iou"] == pytest.approx(400 / (26 * 26 - 4 * 5 - (22 * 22 - 20 * 20)))
