@@ -160,6 +160,7 @@ class RefineService:
         self.metrics = Metrics()
         self.by_shapes = LRUCache(settings.result_cache_size)  # (task id, shapes digest) -> Prediction
         self.by_task = LRUCache(settings.result_cache_size)  # task id -> latest Prediction
+        self._preannotator = None  # text-only masks for tasks without rough shapes (G4SEG_PREANNOTATE)
 
     # ------------------------------------------------------------ routes
 
@@ -240,9 +241,37 @@ class RefineService:
                 results.append({"result": [], "score": 0.0, "model_version": version, "error": status[1]})
                 continue
             if prediction is None:
-                prediction = self.by_task.get(task["id"]) or {"result": [], "score": 0.0, "model_version": version}
-            results.append(prediction)
+                prediction = self.by_task.get(task["id"])
+            if prediction is None and self.settings.preannotate_method:
+                try:
+                    prediction = self._preannotate(task, config)
+                except Exception as exc:
+                    status = error_status(exc)
+                    if status is None or status[0] == 503:
+                        raise
+                    log.warning("task %s: cannot pre-annotate: %s", task["id"], status[1])
+                    self.metrics.inc("task_errors")
+                    prediction = {"result": [], "score": 0.0, "model_version": version, "error": status[1]}
+            results.append(prediction or {"result": [], "score": 0.0, "model_version": version})
         return results
+
+    def _preannotate(self, task: dict, config: LabelConfig) -> Prediction:
+        """Text-only masks (then G4Seg refinement) for a task with no rough shape: the preannotate path."""
+        status = self.holder.require()
+        if self._preannotator is None:
+            from .preannotation import Preannotator
+
+            try:
+                self._preannotator = Preannotator.for_engine(status.engine, self.settings.preannotate_method,
+                                                             refine=self.settings.preannotate_refine)
+            except ValueError as exc:
+                raise BackendError(409, f"G4SEG_PREANNOTATE is set but {exc}") from None
+        output = config.output_for(None)
+        image = self._task_image(task, output)
+        with self.gate.slot(), self.gate.engine_lock:
+            prediction = self._preannotator.predict(image, output)
+        self.by_task.put(task["id"], prediction)
+        return prediction
 
     def _interactive(self, task: dict, items, config: LabelConfig) -> Prediction:
         """A shape drawn in the labeling screen (brush, polygon, smart rectangle or keypoint)."""

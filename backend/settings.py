@@ -19,7 +19,7 @@ _OWN_NAMES = {
     "G4SEG_THREADS", "G4SEG_WORKERS", "G4SEG_TIMEOUT", "G4SEG_MAX_IMAGE_PIXELS", "G4SEG_MAX_IMAGE_BYTES",
     "G4SEG_MAX_REQUEST_BYTES", "G4SEG_QUEUE_SIZE", "G4SEG_WRITEBACK_QUEUE_SIZE", "G4SEG_WRITEBACK_RETRIES",
     "G4SEG_WRITEBACK_BACKOFF", "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV",
-    "G4SEG_LOG_LEVEL",
+    "G4SEG_LOG_LEVEL", "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE",
 }
 
 
@@ -59,6 +59,9 @@ class Settings:
     threads: int = 8
     timeout: int = 300
     log_level: str = "INFO"
+    # Batch predictions for tasks with no rough shape: text-only masks (iseg | diffsegmenter), or off.
+    preannotate_method: str | None = None
+    preannotate_refine: bool = True
 
     @property
     def auth_enabled(self) -> bool:
@@ -89,6 +92,8 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             host=env.get("G4SEG_HOST", cls.host) or cls.host,
             log_level=(env.get("G4SEG_LOG_LEVEL") or env.get("LOG_LEVEL") or cls.log_level).upper(),
+            preannotate_method=_preannotate_method(env.get("G4SEG_PREANNOTATE", "")),
+            preannotate_refine=_flag("G4SEG_PREANNOTATE_REFINE", env.get("G4SEG_PREANNOTATE_REFINE", "true")),
         )
         numbers = {
             "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
@@ -116,6 +121,22 @@ class Settings:
         if values["engine"] not in ENGINE_CHOICES:
             raise SettingsError(f"unknown engine {values['engine']!r} (choose from {', '.join(ENGINE_CHOICES)})")
         return cls(**values)
+
+
+def _preannotate_method(value: str) -> str | None:
+    value = value.strip().lower()
+    if value in ("", "off", "none", "false", "0"):
+        return None
+    return _choice("G4SEG_PREANNOTATE", value, ("iseg", "diffsegmenter"))
+
+
+def _flag(name: str, value: str) -> bool:
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} is not true or false")
 
 
 def refiner_settings_from_env(env: Mapping[str, str]) -> dict:

@@ -24,6 +24,9 @@ class RefinerConfig:
     discrepancy_space: str = "rgb"  # rgb | latent | features
     hausdorff_window: int = 5  # window side, in latent pixels
     discrepancy_max_size: int = 128  # RGB discrepancy is computed at most at this side (cost bound)
+    # RGB space: latents are area-resized so the VAE decodes at most this side (0: the working size).
+    # Decoding dominates a CPU refine otherwise, and the discrepancy is compared at 128 px anyway.
+    rgb_decode_size: int = 256
     robust_percentile: float = 95.0
 
     # Confusion area and update
@@ -60,6 +63,8 @@ class RefinerConfig:
             (0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}"),
             (self.roi_margin >= 0, f"roi_margin must be >= 0, got {self.roi_margin}"),
             (self.roi_grid >= 1, f"roi_grid must be >= 1, got {self.roi_grid}"),
+            (self.rgb_decode_size == 0 or (self.rgb_decode_size >= 64 and self.rgb_decode_size % 8 == 0),
+             f"rgb_decode_size must be 0 or a multiple of 8 >= 64, got {self.rgb_decode_size}"),
             (self.working_size is None or self.working_size >= 64,
              f"working_size must be >= 64, got {self.working_size}"),
             ("{}" in self.prompt_template, "prompt_template must contain {} for the class name"),

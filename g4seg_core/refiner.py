@@ -209,6 +209,10 @@ class G4SegRefiner(Engine):
             return x0[0].float()
         if space == "features":
             return self.model.take_features()[0]
+        decode_side = self.config.rgb_decode_size
+        if decode_side and decode_side < self.working_size:
+            latent_side = decode_side // self.model.vae_scale_factor
+            x0 = F.interpolate(x0, size=(latent_side, latent_side), mode="area")
         rgb = self.model.decode_latents(x0)
         side = min(rgb.shape[-1], self.config.discrepancy_max_size)
         if side < rgb.shape[-1]:
