@@ -432,7 +432,9 @@ def test_auto_falls_back_to_the_classic_engine_loudly(files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         app = create_app(settings, load_in_background=False)
     health = app.test_client().get("/health").get_json()
-    assert health["status"] == "UP" and health["engine"] == "densecrf" and health["requested_engine"] == "auto"
+    from g4seg_core.peers import CLASSIC_ENGINE
+
+    assert health["status"] == "UP" and health["engine"] == CLASSIC_ENGINE and health["requested_engine"] == "auto"
     assert "classic engine" in health["warning"]
     assert any("classic engine" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
     app.extensions["g4seg"].writeback.stop()

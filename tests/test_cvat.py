@@ -192,8 +192,6 @@ def test_clicks_alone(interactor, photo):
         assert (mask & ~truth).sum() < 0.1 * mask.sum(), "the mask stays on the clicked object"
 
 
-@pytest.mark.xfail(strict=True, reason="the classic engine (densecrf) keeps only the click discs when clicks come "
-                   "without a box (IoU 0.02 here; the unrefined prior scores 0.76, grabcut 1.00)")
 def test_clicks_alone_find_the_object(classic, photo):
     image, truth = photo
     _, answer = classic.call(request_body(image, pos=[(CX - 15, CY), (CX + 15, CY + 5)]))
