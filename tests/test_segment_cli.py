@@ -10,18 +10,6 @@ from PIL import Image
 from g4seg_core.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are so small that thread hand-offs dominate: one thread is many times faster,
-    above all on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory):
     rng = np.random.default_rng(3)

@@ -27,18 +27,6 @@ from g4seg_core.textseg import (
 LABELS = ["cat", "dog", "traffic_light"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are so small that thread hand-offs dominate: one thread is many times faster,
-    above all on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
     return SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")

@@ -22,18 +22,6 @@ from g4seg_core.cli import main
 H, W = 96, 128  # the size of labelstudio.write_test_images' images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are so small that thread hand-offs dominate: one thread is many times faster,
-    above all on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def project_with_broken_image(label_studio, label_config_xml, test_images, tmp_path_factory):
     """A project of five tasks: four images and one file that is no image. Returns a factory."""
