@@ -25,7 +25,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 raise ImageError(f"image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
             img.load()
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ImageError("cannot decode image: not a format Pillow can read") from None
+    except (OSError, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode image: {exc}") from None
 
 
@@ -60,10 +62,17 @@ def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         Image.fromarray(array).save(tmp, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:

@@ -80,7 +80,7 @@ def polygon_area(points) -> float:
 
 
 def rasterize_polygon(points, height: int, width: int) -> np.ndarray:
-    """Filled polygon as a bool mask; pixel (x, y) is inside when its centre is."""
+    """Filled polygon as a bool mask (OpenCV's fill: pixels the outline passes through count as inside)."""
     arr = _check_points(points, height, width, "polygon")
     if len(arr) < 3:
         raise PromptError(f"polygon needs at least 3 points, got {len(arr)}")

@@ -70,3 +70,15 @@ def test_mask_prompt_accepts_0_255_and_bool():
 def test_bad_prompts_raise_clear_errors(prompt, message):
     with pytest.raises(PromptError, match=message):
         rasterize_prompt(prompt, 40, 50)
+
+
+def test_saved_masks_are_readable_by_others_and_bad_bytes_say_so(tmp_path):
+    import os
+
+    from g4seg_core.images import ImageError, decode_image, save_mask
+
+    save_mask(np.ones((4, 5), bool), tmp_path / "m.png")
+    assert (os.stat(tmp_path / "m.png").st_mode & 0o044) == 0o044
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(ImageError, match="^cannot decode image: not a format Pillow can read$"):
+        decode_image(b"plain text")
