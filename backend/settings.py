@@ -131,12 +131,12 @@ def _preannotate_method(value: str) -> str | None:
 
 
 def _flag(name: str, value: str) -> bool:
-    value = value.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={value!r} is not true or false")
+    from g4seg_core.config import parse_text_value
+
+    try:
+        return parse_text_value(value, True)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not true or false") from None
 
 
 def refiner_settings_from_env(env: Mapping[str, str]) -> dict:

@@ -97,18 +97,27 @@ def _parse(key: str, raw: str, default):
     try:
         if key == "injection_resolutions":
             return None if raw.lower() in ("", "none", "all") else tuple(int(v) for v in raw.split(","))
-        if key == "working_size":
-            return None if raw.lower() in ("", "none", "auto") else int(raw)
-        if isinstance(default, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw
+        return parse_text_value(raw, default, optional=key == "working_size")
     except ValueError:
         raise ValueError(f"setting {key}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+def parse_text_value(raw: str, default, optional: bool = False):
+    """A setting given as text, typed like its default (bool, int, float or str).
+
+    `optional`: "", "none" and "auto" mean None. Raises ValueError when the text does not fit.
+    """
+    raw = raw.strip()
+    if optional and raw.lower() in ("", "none", "auto"):
+        return None
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{raw!r} is not true or false")
+    if isinstance(default, int) or (optional and default is None):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionCapture
+from .config import parse_text_value
 from .engine import Engine, RefineResult, check_image
 from .model import SDModel
 from .regions import crop, paste, whole_image_region
@@ -147,13 +148,7 @@ def _parse_setting(key: str, raw: str, default):
         if key == "cross_weights":  # "16:0.7,32:0.3"
             pairs = [p.split(":") for p in raw.split(",") if p.strip()]
             return tuple((int(r), float(w)) for r, w in pairs)
-        if key == "working_size":
-            return None if raw.lower() in ("", "none", "auto") else int(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw
+        return parse_text_value(raw, default, optional=key == "working_size")
     except ValueError:
         raise ValueError(f"setting {key}={raw!r} is not valid") from None
 
