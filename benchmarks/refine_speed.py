@@ -107,7 +107,22 @@ def render(rows: list[dict], when: str, where: str, config_dir: str) -> str:
         )
     lines += ["", f"{rows[0]['iterations']} iterations. Targets: warm / its UNet calls <= 1.3; "
               "(cold - warm) / (encode + reference pass) <= 1."]
+    lines += ["", *click_costs(rows)]
     return "\n".join(lines)
+
+
+def click_costs(rows: list[dict], budget_s: float = 10.0) -> list[str]:
+    """What one click (a warm refine) costs per dtype, and the largest working size under the budget."""
+    out = []
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        mine = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: r["working_size"])
+        costs = ", ".join(f"{r['warm_latent_s']:.1f} s at {r['working_size']} (RGB space: {r['warm_rgb_s']:.1f} s)"
+                          for r in mine if "warm_rgb_s" in r)
+        fits = [r["working_size"] for r in mine if r["warm_latent_s"] < budget_s]
+        verdict = (f"under {budget_s:.0f} s at working size {max(fits)} and below (of the sizes measured)" if fits
+                   else f"over {budget_s:.0f} s at every size measured")
+        out.append(f"- {mine[0]['device']} {dtype}: a click (warm refine, latent space) costs {costs}; {verdict}.")
+    return out
 
 
 def main() -> int:
@@ -119,8 +134,15 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--spaces", default="latent,rgb")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the docs block from the saved results JSON, measuring nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: dtype:size measured in this process
     args = parser.parse_args()
+    results = ROOT / "benchmarks" / "results" / f"refine_speed-{args.device.split(':')[0]}.json"
+    if args.render_only:
+        saved = json.loads(results.read_text())
+        replace_block("refine_speed", render(saved["rows"], saved["date"], saved["machine"], args.config_dir))
+        return 0
     spaces = args.spaces.split(",")
     if args.one:
         dtype, size = args.one.split(":")
@@ -139,7 +161,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr)
     when = time.strftime("%Y-%m-%d")
     where = machine()
-    write_json({"machine": where, "date": when, "rows": rows}, ROOT / "benchmarks" / "results" / f"refine_speed-{args.device.split(':')[0]}.json")
+    write_json({"machine": where, "date": when, "rows": rows}, results)
     if not args.no_doc:
         replace_block("refine_speed", render(rows, when, where, args.config_dir))
     return 0
