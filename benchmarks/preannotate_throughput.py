@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._report import DEFAULT_CONFIG_DIR, ROOT, machine, replace_block, write_json  # noqa: E402
+from benchmarks.random_sd import build_random_sd  # noqa: E402
 from g4seg_core.config import RefinerConfig  # noqa: E402
 from g4seg_core.loading import resolve_device, resolve_dtype  # noqa: E402
 from g4seg_core.model import SDModel, counting  # noqa: E402
@@ -37,19 +38,8 @@ LABELS = ["cat", "dog"]
 
 def build_random_model(config_dir: Path, device: str, dtype: str) -> SDModel:
     """SD 2.1-base's architecture from its configs, random weights (nothing downloaded)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet")).to(dev, dt)
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae")).to(dev, dt)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder")).to(dev, dt)
-    tokenizer = CLIPTokenizer.from_pretrained(config_dir / "tokenizer")
-    scheduler = DDPMScheduler.from_pretrained(config_dir / "scheduler")
-    return SDModel(unet, vae, text_encoder, tokenizer, scheduler.alphas_cumprod, scheduler.config.prediction_type,
-                   name="sd21-base-architecture-random-weights")
+    return build_random_sd(config_dir, device=str(dev), dtype=resolve_dtype(dtype, dev))
 
 
 def test_image(index: int, height: int = 480, width: int = 640) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from _report import DEFAULT_CONFIG_DIR
+from benchmarks._report import DEFAULT_CONFIG_DIR
 
 
 def build_random_sd(config_dir: Path = DEFAULT_CONFIG_DIR, device: str = "cpu", dtype: torch.dtype = torch.float32,

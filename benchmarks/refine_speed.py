@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _report import DEFAULT_CONFIG_DIR, ROOT, machine, replace_block, write_json  # noqa: E402
+from benchmarks._report import DEFAULT_CONFIG_DIR, ROOT, machine, replace_block, write_json  # noqa: E402
 
 
 def timed(fn, repeat=1):
@@ -51,7 +50,7 @@ def measure_one(config_dir: str, device: str, dtype_name: str, size: int, iterat
     from g4seg_core.config import RefinerConfig
     from g4seg_core.prompts import Prompt
     from g4seg_core.refiner import G4SegRefiner
-    from random_sd import build_random_sd
+    from benchmarks.random_sd import build_random_sd
 
     dtype = getattr(torch, dtype_name)
     model = build_random_sd(Path(config_dir), device=device, dtype=dtype)
