@@ -24,3 +24,11 @@ def tiny_model_dir(tmp_path_factory):
     from g4seg_core.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """The tiny model loaded once (float32, CPU); tests that change its state restore it."""
+    from g4seg_core.model import SDModel
+
+    return SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")

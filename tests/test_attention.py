@@ -4,44 +4,38 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from g4seg_core.attention import AttentionCapture, MaskInjection
-from g4seg_core.model import SDModel
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    z = model.noise((1, 4, 16, 16), seed=0)
-    text = model.encode_text(["a photograph of a cat"])
+def inputs(tiny_model):
+    z = tiny_model.noise((1, 4, 16, 16), seed=0)
+    text = tiny_model.encode_text(["a photograph of a cat"])
     tokens = torch.zeros(1, 77)
-    tokens[0, model.token_positions("a photograph of a cat", "cat")] = 1
+    tokens[0, tiny_model.token_positions("a photograph of a cat", "cat")] = 1
     return z, text, tokens
 
 
-def test_idle_processors_match_the_stock_unet(model, inputs):
+def test_idle_processors_match_the_stock_unet(tiny_model, inputs):
     z, text, _ = inputs
-    ours = model.predict_x0(z, 100, text)
-    processors = model.unet.attn_processors
-    model.unet.set_attn_processor(AttnProcessor2_0())
+    ours = tiny_model.predict_x0(z, 100, text)
+    processors = tiny_model.unet.attn_processors
+    tiny_model.unet.set_attn_processor(AttnProcessor2_0())
     try:
-        stock = model.predict_x0(z, 100, text)
+        stock = tiny_model.predict_x0(z, 100, text)
     finally:
-        model.unet.set_attn_processor(processors)
+        tiny_model.unet.set_attn_processor(processors)
     assert torch.allclose(ours, stock, atol=1e-5)
 
 
-def test_injection_only_at_the_resolutions_asked(model, inputs):
+def test_injection_only_at_the_resolutions_asked(tiny_model, inputs):
     z, text, tokens = inputs
     mask = torch.zeros(1, 128, 128)
     mask[:, 32:96, 32:96] = 1
-    base = model.predict_x0(z, 100, text)
-    nowhere = model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, resolutions=(99,)))
+    base = tiny_model.predict_x0(z, 100, text)
+    nowhere = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, resolutions=(99,)))
     assert torch.equal(nowhere, base)
-    cross_only = model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, self_attn=False))
-    self_only = model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, cross=False))
+    cross_only = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, self_attn=False))
+    self_only = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, cross=False))
     assert not torch.allclose(cross_only, base) and not torch.allclose(self_only, base)
     assert not torch.allclose(cross_only, self_only)
 
@@ -54,21 +48,21 @@ def test_logit_range_is_exact_when_every_query_is_sampled():
     assert torch.allclose(_logit_range(q, k, 0.25, 256)[..., 0, 0], exact.amax((-1, -2)) - exact.amin((-1, -2)))
 
 
-def test_cross_injection_matches_the_bias_of_the_method_page(model, inputs):
+def test_cross_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
     """The folded-channel implementation equals softmax(logits + alpha*s*(2m-1) on class tokens)."""
     from g4seg_core.attention import _logit_range
 
     _, text, tokens = inputs
     mask = torch.zeros(1, 128, 128)
     mask[:, :, :64] = 1  # left half
-    layer = model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    layer = tiny_model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
     hidden = torch.randn(1, 256, layer.to_q.in_features)
-    model.control.latent_hw = (16, 16)
-    model.control.injection = MaskInjection(mask, tokens, alpha=1.0, self_attn=False)
+    tiny_model.control.latent_hw = (16, 16)
+    tiny_model.control.injection = MaskInjection(mask, tokens, alpha=1.0, self_attn=False)
     try:
         out_injected = layer.processor(layer, hidden, encoder_hidden_states=text)
     finally:
-        model.control.injection = model.control.latent_hw = None
+        tiny_model.control.injection = tiny_model.control.latent_hw = None
     q, k = _qk(layer, hidden, text)
     v = layer.to_v(text).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
     s = _logit_range(q, k, layer.scale, 256)
@@ -82,19 +76,19 @@ def test_cross_injection_matches_the_bias_of_the_method_page(model, inputs):
     assert gain[:, :8].min() > 0 > gain[:, 8:].max()
 
 
-def test_self_injection_matches_the_bias_of_the_method_page(model, inputs):
+def test_self_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
     from g4seg_core.attention import _logit_range
 
     _, _, tokens = inputs
     mask = torch.rand(1, 128, 128)  # soft masks use m_i*m_j + (1-m_i)*(1-m_j)
-    layer = model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    layer = tiny_model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
     hidden = torch.randn(1, 256, layer.to_q.in_features)
-    model.control.latent_hw = (16, 16)
-    model.control.injection = MaskInjection(mask, tokens, alpha=0.7, cross=False)
+    tiny_model.control.latent_hw = (16, 16)
+    tiny_model.control.injection = MaskInjection(mask, tokens, alpha=0.7, cross=False)
     try:
         out_injected = layer.processor(layer, hidden)
     finally:
-        model.control.injection = model.control.latent_hw = None
+        tiny_model.control.injection = tiny_model.control.latent_hw = None
     q, k = _qk(layer, hidden, hidden)
     v = layer.to_v(hidden).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
     s = 0.7 * _logit_range(q, k, layer.scale, 256)
@@ -112,10 +106,10 @@ def _qk(layer, hidden, text):
     return q, k
 
 
-def test_capture_records_row_stochastic_maps(model, inputs):
+def test_capture_records_row_stochastic_maps(tiny_model, inputs):
     z, text, _ = inputs
     capture = AttentionCapture(cross_resolutions=(16, 8), self_resolutions=(16,))
-    model.predict_x0(z, 100, text, capture=capture)
+    tiny_model.predict_x0(z, 100, text, capture=capture)
     assert capture.mean_cross(16).shape == (1, 256, 77)
     assert capture.mean_cross(8).shape == (1, 64, 77)
     self16 = capture.mean_self(16)

@@ -12,7 +12,7 @@ from g4seg_core.config import RefinerConfig
 from g4seg_core.engines import EngineStatus, create_engine
 from g4seg_core.refiner import G4SegRefiner
 
-from test_backend_app import CONFIG, H, W, polygon, predict_body, task
+from test_backend_app import H, W, polygon, predict_body, task
 
 
 @pytest.fixture(scope="module")

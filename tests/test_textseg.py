@@ -1,6 +1,6 @@
-"""Text-only segmenters (iSeg, DiffSegmenter) on the tiny random-weight model: shapes, labels, determinism.
+"""Text-only segmenters (iSeg, DiffSegmenter) on the tiny random-weight tiny_model: shapes, labels, determinism.
 
-The tiny model's masks mean nothing; these tests check the mechanism a user relies on: maps at the
+The tiny tiny_model's masks mean nothing; these tests check the mechanism a user relies on: maps at the
 image's size, a label map without overlaps, one UNet call per image for all its classes, the same
 answer twice, and the settings actually reaching the computation.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from g4seg_core.engine import Engine
-from g4seg_core.model import SDModel, counting
+from g4seg_core.model import counting
 from g4seg_core.textseg import (
     DiffSegmenterConfig,
     ISegConfig,
@@ -28,11 +28,6 @@ LABELS = ["cat", "dog", "traffic_light"]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def image():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)  # not square: padded to the working square
@@ -41,8 +36,8 @@ def image():
 
 
 @pytest.fixture(params=["iseg", "diffsegmenter"])
-def segmenter(request, model):
-    return TextSegmenter(model, config_for(request.param))
+def segmenter(request, tiny_model):
+    return TextSegmenter(tiny_model, config_for(request.param))
 
 
 def test_maps_have_the_image_size_and_labels_never_overlap(segmenter, image):
@@ -70,9 +65,9 @@ def test_deterministic(segmenter, image):
         np.testing.assert_array_equal(a.probabilities[k], b.probabilities[k])
 
 
-def test_one_unet_call_per_image_for_all_classes(model, image):
-    segmenter = TextSegmenter(model, ISegConfig())
-    with counting(model) as calls:
+def test_one_unet_call_per_image_for_all_classes(tiny_model, image):
+    segmenter = TextSegmenter(tiny_model, ISegConfig())
+    with counting(tiny_model) as calls:
         segmenter.segment(image, LABELS)
     assert calls["unet"] == 1 and calls["vae_encode"] == 1 and calls["text"] == 1
     # Classes too many for one 77-token prompt (the tiny tokenizer spells out characters) still
@@ -80,38 +75,38 @@ def test_one_unet_call_per_image_for_all_classes(model, image):
     many = [f"class{i}" for i in range(14)]
     prompts = segmenter.prompts(many)
     assert len(prompts.texts) > 1
-    with counting(model) as calls:
+    with counting(tiny_model) as calls:
         result = segmenter.segment(image, many)
     assert calls["unet"] == 1
     assert len(result.probabilities) == 14
 
 
-def test_token_positions_name_each_class_in_its_prompt(model):
-    segmenter = TextSegmenter(model, ISegConfig())
+def test_token_positions_name_each_class_in_its_prompt(tiny_model):
+    segmenter = TextSegmenter(tiny_model, ISegConfig())
     labels = ["dog", "hot dog", "cat"]  # "dog" also ends "hot dog": each must get its own tokens
     prompts = segmenter.prompts(labels)
-    tok = model.tokenizer
+    tok = tiny_model.tokenizer
     for label, row, positions in zip(labels, prompts.rows, prompts.positions):
         ids = tok(prompts.texts[row]).input_ids
         assert tok.decode([ids[i] for i in positions]).replace(" ", "") == label.replace(" ", "")
     assert prompts.positions[0] != prompts.positions[1][-len(prompts.positions[0]):]
 
 
-def test_gamma_changes_the_maps_and_only_through_the_class_tokens(model, image):
-    base = TextSegmenter(model, ISegConfig(gamma=1.0)).segment(image, LABELS)
-    enhanced = TextSegmenter(model, ISegConfig(gamma=1.6)).segment(image, LABELS)
+def test_gamma_changes_the_maps_and_only_through_the_class_tokens(tiny_model, image):
+    base = TextSegmenter(tiny_model, ISegConfig(gamma=1.0)).segment(image, LABELS)
+    enhanced = TextSegmenter(tiny_model, ISegConfig(gamma=1.6)).segment(image, LABELS)
     assert any(not np.allclose(base.probabilities[k], enhanced.probabilities[k]) for k in LABELS)
 
 
-def test_iteration_count_and_entropy_step_reach_the_result(model, image):
-    a = TextSegmenter(model, ISegConfig(iterations=0)).segment(image, LABELS)
-    b = TextSegmenter(model, ISegConfig(iterations=10)).segment(image, LABELS)
+def test_iteration_count_and_entropy_step_reach_the_result(tiny_model, image):
+    a = TextSegmenter(tiny_model, ISegConfig(iterations=0)).segment(image, LABELS)
+    b = TextSegmenter(tiny_model, ISegConfig(iterations=10)).segment(image, LABELS)
     assert any(not np.allclose(a.probabilities[k], b.probabilities[k]) for k in LABELS)
 
 
-def test_diffsegmenter_background_threshold(model, image):
-    low = TextSegmenter(model, DiffSegmenterConfig(background_threshold=0.05)).segment(image, LABELS)
-    high = TextSegmenter(model, DiffSegmenterConfig(background_threshold=0.95)).segment(image, LABELS)
+def test_diffsegmenter_background_threshold(tiny_model, image):
+    low = TextSegmenter(tiny_model, DiffSegmenterConfig(background_threshold=0.05)).segment(image, LABELS)
+    high = TextSegmenter(tiny_model, DiffSegmenterConfig(background_threshold=0.95)).segment(image, LABELS)
     assert (low.label_map == 0).sum() < (high.label_map == 0).sum()
     best = np.stack([high.probabilities[k] for k in LABELS]).max(axis=0)
     assert ((high.label_map > 0) == (best > 0.95)).all()
@@ -149,8 +144,8 @@ def test_resolutions_are_named_for_a_512_input():
     assert attention_side(8, 4) is None
 
 
-def test_bad_input_is_a_clear_error(model, image):
-    segmenter = TextSegmenter(model, ISegConfig())
+def test_bad_input_is_a_clear_error(tiny_model, image):
+    segmenter = TextSegmenter(tiny_model, ISegConfig())
     with pytest.raises(ValueError, match="at least one"):
         segmenter.segment(image, [])
     with pytest.raises(ValueError, match="unique"):
@@ -158,7 +153,7 @@ def test_bad_input_is_a_clear_error(model, image):
     with pytest.raises(ValueError, match="too long"):
         segmenter.segment(image, ["x" * 100])
     with pytest.raises(ValueError, match="multiple of"):
-        TextSegmenter(model, ISegConfig(working_size=100))
+        TextSegmenter(tiny_model, ISegConfig(working_size=100))
     with pytest.raises(ValueError, match="unknown text-only method"):
         config_for("sam")
     with pytest.raises(ValueError, match="unknown iseg setting"):
@@ -166,10 +161,10 @@ def test_bad_input_is_a_clear_error(model, image):
     assert config_for("iseg", {"gamma": "1.2", "cross_weights": "16:1"}) == ISegConfig(gamma=1.2, cross_weights=((16, 1.0),))
 
 
-def test_version_names_method_model_and_settings(model):
-    a = TextSegmenter(model, ISegConfig()).version
-    b = TextSegmenter(model, ISegConfig(gamma=1.2)).version
-    c = TextSegmenter(model, DiffSegmenterConfig()).version
+def test_version_names_method_model_and_settings(tiny_model):
+    a = TextSegmenter(tiny_model, ISegConfig()).version
+    b = TextSegmenter(tiny_model, ISegConfig(gamma=1.2)).version
+    c = TextSegmenter(tiny_model, DiffSegmenterConfig()).version
     assert a.startswith("iseg:") and c.startswith("diffsegmenter:") and "TINY-RANDOM" in a
     assert len({a, b, c}) == 3
 
@@ -185,8 +180,8 @@ class _ShrinkEngine(Engine):
         return cv2.erode((prior > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
 
 
-def test_refinement_keeps_labels_apart_and_only_refines_present_classes(model, image):
-    seg = TextSegmenter(model, ISegConfig()).segment(image, LABELS)
+def test_refinement_keeps_labels_apart_and_only_refines_present_classes(tiny_model, image):
+    seg = TextSegmenter(tiny_model, ISegConfig()).segment(image, LABELS)
     refined = refine_segmentation(_ShrinkEngine(), image, seg)
     assert isinstance(refined, TextSegmentation) and refined.refined
     for i, k in enumerate(LABELS):
@@ -197,13 +192,13 @@ def test_refinement_keeps_labels_apart_and_only_refines_present_classes(model, i
     assert sum(m.astype(int) for m in refined.masks.values()).max() <= 1
 
 
-def test_refinement_with_g4seg_on_the_same_model(model, image):
+def test_refinement_with_g4seg_on_the_same_model(tiny_model, image):
     from g4seg_core.config import RefinerConfig
     from g4seg_core.refiner import G4SegRefiner
 
-    seg = TextSegmenter(model, ISegConfig()).segment(image, ["cat", "dog"])
-    refiner = G4SegRefiner(model, RefinerConfig(iterations=1, working_size=64, roi=False))
+    seg = TextSegmenter(tiny_model, ISegConfig()).segment(image, ["cat", "dog"])
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=1, working_size=64, roi=False))
     refined = refine_segmentation(refiner, image, seg)
     assert refined.label_map.shape == image.shape[:2]
     assert sum(m.astype(int) for m in refined.masks.values()).max() <= 1
-    assert refiner.model is model  # one loaded model serves both
+    assert refiner.model is tiny_model  # one loaded tiny_model serves both
