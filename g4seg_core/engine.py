@@ -33,6 +33,14 @@ def as_probability(image: np.ndarray, prompt: Prompt | np.ndarray, prior: PriorC
     return rasterize_prompt(Prompt(mask=np.asarray(prompt)), height, width, prior)
 
 
+def apply_constraints(probability: np.ndarray, prompt: Prompt | np.ndarray) -> None:
+    """In place: what the annotator fixed wins (click discs in or out, nothing outside a box)."""
+    if isinstance(prompt, Prompt):
+        force_fg, force_bg = prompt_constraints(prompt, *probability.shape)
+        probability[force_fg] = 1.0
+        probability[force_bg] = 0.0
+
+
 def resolve_overlaps(probabilities: dict[str, np.ndarray], threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Non-overlapping masks: a pixel goes to the most probable class if that class passes threshold."""
     if not probabilities:
@@ -62,6 +70,7 @@ class Engine:
     """Base class: subclasses implement `refine_probability`; the rest is shared."""
 
     name: str = "engine"
+    threshold: float = 0.5  # probability above which a pixel is in the mask
 
     @property
     def version(self) -> str:
@@ -75,14 +84,11 @@ class Engine:
         image = check_image(image)
         prior = as_probability(image, prompt)
         prob = np.clip(self.refine_probability(image, prior, label), 0.0, 1.0).astype(np.float32)
-        if isinstance(prompt, Prompt):
-            force_fg, force_bg = prompt_constraints(prompt, *image.shape[:2])
-            prob[force_fg] = 1.0
-            prob[force_bg] = 0.0
-        return RefineResult(probability=prob, mask=prob > 0.5)
+        apply_constraints(prob, prompt)
+        return RefineResult(probability=prob, mask=prob > self.threshold)
 
     def refine_classes(self, image: np.ndarray, prompts: dict[str, Prompt | np.ndarray]) -> dict[str, RefineResult]:
         """Refine each class on one image; the masks never overlap."""
         results = {label: self.refine(image, prompt, label) for label, prompt in prompts.items()}
-        masks = resolve_overlaps({k: r.probability for k, r in results.items()})
+        masks = resolve_overlaps({k: r.probability for k, r in results.items()}, self.threshold)
         return {k: RefineResult(probability=r.probability, mask=masks[k]) for k, r in results.items()}

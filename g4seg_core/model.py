@@ -35,6 +35,7 @@ class SDModel:
         install_processors(unet, self.control)
         self.calls = Counter()  # unet, vae_encode, vae_decode, text: for tests and benchmarks
         self._features = None
+        self._want_features = False
         # Decoder features at latent resolution, for the "features" discrepancy space.
         unet.up_blocks[-1].register_forward_hook(self._keep_features)
         for module in (unet, vae, text_encoder):
@@ -138,7 +139,7 @@ class SDModel:
         return feats
 
     def _keep_features(self, module, inputs, output):
-        if getattr(self, "_want_features", False):
+        if self._want_features:
             self._features = output.float()
 
     def describe(self) -> dict:

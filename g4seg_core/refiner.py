@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from .attention import MaskInjection
 from .config import RefinerConfig
 from .discrepancy import local_hausdorff, robust_normalize
-from .engine import Engine, as_probability, check_image
+from .engine import Engine, apply_constraints, as_probability, check_image
 from .model import SDModel
-from .prompts import Prompt, prompt_constraints
+from .prompts import Prompt
 from .regions import Region, confusion_area, crop, paste, roi_region, whole_image_region
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class G4SegRefiner(Engine):
         self.model = model
         self.config = config or RefinerConfig()
         self.working_size = self.config.working_size or model.native_size
+        self.threshold = self.config.threshold
         if self.working_size % model.size_multiple:
             raise ValueError(f"working_size must be a multiple of {model.size_multiple} for this model, got {self.working_size}")
         self._regions = LRUCache(self.config.cache_images)
@@ -111,10 +112,8 @@ class G4SegRefiner(Engine):
         """Like `refine`, with the confusion area, iteration count and region."""
         image = check_image(image)
         trace = self._refine(image, as_probability(image, prompt), label)
-        if isinstance(prompt, Prompt):
-            force_fg, force_bg = prompt_constraints(prompt, *image.shape[:2])
-            trace.probability[force_fg], trace.probability[force_bg] = 1.0, 0.0
-            trace.mask = trace.probability > self.config.threshold
+        apply_constraints(trace.probability, prompt)
+        trace.mask = trace.probability > self.threshold
         return trace
 
     # ---- the method -----------------------------------------------------------------------
