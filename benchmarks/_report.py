@@ -5,10 +5,11 @@ import json
 import os
 import platform
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from g4seg_core.images import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_DIR = ROOT.parent / "shared" / "models" / "sd21-base"
@@ -21,11 +22,7 @@ def machine() -> str:
 
 
 def write_json(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data, indent=2), path)
 
 
 def replace_block(name: str, text: str, doc: Path = ROOT / "docs" / "performance.md") -> None:

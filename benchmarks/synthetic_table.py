@@ -21,10 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _report import ROOT, machine, replace_block  # noqa: E402
+from benchmarks._report import ROOT, machine, replace_block  # noqa: E402
 
 DATA = "synthetic:16:0:256"
 COARSE = "polygon:8,dilate:10,erode:5,jitter:4,lowres:16,box,points:3,scribble"

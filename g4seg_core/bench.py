@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from . import metrics
 from .coarse import CoarseSpec, make_prompt
 from .data import Dataset, Sample
 from .engine import Engine, resolve_overlaps
-from .images import save_png_atomic
+from .images import save_png_atomic, write_text_atomic
 from .prompts import Prompt, PromptError, rasterize_prompt
 
 
@@ -180,19 +179,6 @@ def run_benchmark(dataset: Dataset, specs: list[CoarseSpec], engines: dict[str, 
 
 # ---- outputs ------------------------------------------------------------------------------------
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_value(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
@@ -200,7 +186,7 @@ def _json_value(v):
 def write_results(rows: list[BenchRow], path: Path) -> None:
     """results.json: a list of rows; undefined means (nan) are written as null."""
     data = [{k: _json_value(v) for k, v in asdict(r).items()} for r in rows]
-    _write_text_atomic(json.dumps(data, indent=2) + "\n", Path(path))
+    write_text_atomic(json.dumps(data, indent=2) + "\n", Path(path))
 
 
 def _pct(v) -> str:
@@ -255,7 +241,7 @@ def write_report(rows: list[BenchRow], path: Path, *, data: str, images: int, en
         "",
     ]
     lines += [f"- {m}: `{e.version}`" for m, e in engines.items()]
-    _write_text_atomic("\n".join(lines) + "\n", Path(path))
+    write_text_atomic("\n".join(lines) + "\n", Path(path))
 
 
 # ---- examples.png -------------------------------------------------------------------------------

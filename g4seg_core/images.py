@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +55,34 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr > 0
 
 
-def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a PNG so that a reader never sees a half-written file."""
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ""):
+    """Yields a temporary path beside `path`; renamed onto it only if the block succeeds.
+
+    A reader never sees a half-written file, and a failure leaves nothing behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
     os.close(fd)
     try:
-        Image.fromarray(array).save(tmp, format="PNG")
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
+def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG so that a reader never sees a half-written file."""
+    with atomic_output(path, suffix=".png") as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def _umask() -> int:

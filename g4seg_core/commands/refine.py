@@ -1,8 +1,6 @@
 """`g4seg refine IMAGE (--mask | --polygon | --box | --points | --scribble) --label NAME --out OUT.png`."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 HELP = "refine a rough mask, polygon, box, points or scribble on one image into a mask (0/255 PNG at the image's size)"
@@ -108,7 +106,7 @@ def refiner_settings(args) -> dict:
 def run(args) -> int:
     from ..cli import CommandError
     from ..config import RefinerConfig
-    from ..images import load_image, save_mask
+    from ..images import atomic_output, load_image, save_mask
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -124,20 +122,10 @@ def run(args) -> int:
     result = refiner.refine(image, prompt, args.label)
     save_mask(result.mask, out)
     if args.prob_out:
-        _save_npy_atomic(result.probability, Path(args.prob_out))
+        import numpy as np
+
+        with atomic_output(args.prob_out, suffix=".npy") as tmp:
+            np.save(tmp, result.probability)
     print(f"{out}: {int(result.mask.sum())} of {result.mask.size} pixels ({refiner.version})")
     return 0
 
-
-def _save_npy_atomic(array, path: Path) -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

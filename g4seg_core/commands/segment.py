@@ -90,7 +90,7 @@ def run(args) -> int:
 
     from ..cli import CommandError
     from ..config import RefinerConfig
-    from ..images import load_image, save_mask, save_png_atomic
+    from ..images import load_image, save_mask, save_png_atomic, write_text_atomic
     from ..model import SDModel
     from ..textseg import TextSegmenter, config_for, refine_segmentation
 
@@ -129,26 +129,9 @@ def run(args) -> int:
     summary = {"version": version, "labels": labels, "masks": files,
                "pixels": {label: int(mask.sum()) for label, mask in result.masks.items()},
                "colours": {label: list(c) for label, c in zip(labels, colours)}}
-    _write_text_atomic(out / "labels.json", json.dumps(summary, indent=2))
+    write_text_atomic(json.dumps(summary, indent=2), out / "labels.json")
     total = image.shape[0] * image.shape[1]
     for label in labels:
         print(f"{out / files[label]}: {label}, {summary['pixels'][label]} of {total} pixels")
     print(f"{out / OVERLAY_NAME}: overlay ({version})")
     return 0
-
-
-def _write_text_atomic(path, text: str) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
