@@ -76,6 +76,13 @@ class SDModel:
         """Working sizes must be multiples of this (VAE factor x UNet downsamplings)."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    def working_size(self, requested: int | None) -> int:
+        """The working resolution to use: `requested`, or the native size; checked against the UNet."""
+        size = requested or self.native_size
+        if size % self.size_multiple:
+            raise ValueError(f"working_size must be a multiple of {self.size_multiple} for this model, got {size}")
+        return size
+
     # ---- calls ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

@@ -81,10 +81,8 @@ class G4SegRefiner(Engine):
     def __init__(self, model: SDModel, config: RefinerConfig | None = None):
         self.model = model
         self.config = config or RefinerConfig()
-        self.working_size = self.config.working_size or model.native_size
+        self.working_size = model.working_size(self.config.working_size)
         self.threshold = self.config.threshold
-        if self.working_size % model.size_multiple:
-            raise ValueError(f"working_size must be a multiple of {model.size_multiple} for this model, got {self.working_size}")
         self._regions = LRUCache(self.config.cache_images)
         self._references = LRUCache(self.config.cache_references)
         self._texts = LRUCache(self.config.cache_texts)

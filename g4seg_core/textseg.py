@@ -236,9 +236,7 @@ class TextSegmenter:
         self.config = config or ISegConfig()
         if not isinstance(self.config, (ISegConfig, DiffSegmenterConfig)):
             raise TypeError("config must be an ISegConfig or a DiffSegmenterConfig")
-        self.working_size = self.config.working_size or model.native_size
-        if self.working_size % model.size_multiple:
-            raise ValueError(f"working_size must be a multiple of {model.size_multiple} for this model, got {self.working_size}")
+        self.working_size = model.working_size(self.config.working_size)
         self._prompt_cache: dict[tuple[str, ...], _Prompts] = {}
 
     @classmethod
