@@ -16,12 +16,11 @@ from typing import Callable
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from g4seg_core.engines import EngineStatus, create_engine
-
-from .images import ImageFetcher
-from .service import BackendError, EngineHolder, RefineService, error_status
-from .settings import Settings
-from .writeback import WriteBack
+from backend.fetch import ImageFetcher
+from backend.service import BackendError, EngineHolder, RefineService, error_status
+from backend.settings import Settings
+from backend.writeback import WriteBack
+from g4seg_core.engines.factory import EngineStatus, create_engine
 
 log = logging.getLogger(__name__)
 

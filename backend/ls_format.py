@@ -19,7 +19,14 @@ import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 
-from g4seg_core.prompts import PriorConfig, Prompt, box_mask, polygon_area, rasterize_polygon
+from g4seg_core.errors import UserError
+from g4seg_core.prompts import (
+    PriorConfig,
+    Prompt,
+    box_mask,
+    polygon_area,
+    rasterize_polygon,
+)
 
 # Result types that carry a rough shape, and what each is.
 SHAPE_TYPES = {
@@ -32,7 +39,7 @@ SHAPE_TYPES = {
 WRITEBACK_ID_PREFIX = "g4seg-a"
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """Label Studio JSON the backend cannot use; the message says which part and why."""
 
 
@@ -213,7 +220,10 @@ def _rectangle(value: dict, height: int, width: int, where: str):
     w, h = _pct(value.get("width"), width), _pct(value.get("height"), height)
     if w < 1 or h < 1:
         raise FormatError(f"{where}: the rectangle is empty (under one pixel wide or high)")
-    angle = math.radians(float(value.get("rotation") or 0.0))
+    rotation = value.get("rotation") or 0.0
+    if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not math.isfinite(rotation):
+        raise FormatError(f"{where}: the rectangle's rotation must be a finite number of degrees")
+    angle = math.radians(float(rotation) % 360.0)
     # Label Studio rotates a rectangle about its top-left corner; the prior is the rotated box's bounds.
     corners = [(0, 0), (w, 0), (w, h), (0, h)]
     xs = [x + dx * math.cos(angle) - dy * math.sin(angle) for dx, dy in corners]

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field, replace
 import httpx
 import numpy as np
 
-from g4seg_core.engine import Engine
-from g4seg_core.images import ImageError
-from g4seg_core.textseg import TextSegmenter, config_for, refine_segmentation
-
-from .ls_format import BrushOutput, FormatError, brush_result
+from backend.ls_format import BrushOutput, FormatError, brush_result
+from g4seg_core.engines.base import Engine
+from g4seg_core.errors import SettingError, UserError
+from g4seg_core.method.textseg import TextSegmenter, config_for, refine_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class Preannotator:
         """Pre-annotation on a loaded G4Seg engine's model (no second copy of the weights)."""
         model = getattr(engine, "model", None)
         if model is None:
-            raise ValueError(f"pre-annotation needs the Stable Diffusion model; the {engine.name} engine has none")
+            raise SettingError(f"pre-annotation needs the Stable Diffusion model; the {engine.name} engine has none")
         return cls(TextSegmenter(model, config_for(method, settings)), engine if refine else None)
 
     @property
@@ -104,9 +103,9 @@ class Shard:
         try:
             index, count = (int(v) for v in text.split("/"))
         except ValueError:
-            raise ValueError(f"--shard must be i/n (e.g. 0/4), got {text!r}") from None
+            raise SettingError(f"--shard must be i/n (e.g. 0/4), got {text!r}") from None
         if count < 1 or not 0 <= index < count:
-            raise ValueError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
+            raise SettingError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
         return cls(index, count)
 
     def owns(self, task_id: int) -> bool:
@@ -262,7 +261,7 @@ def preannotate_project(client, project_id: int, preannotator: Preannotator, fet
                 prediction = preannotator.predict_task({"id": item.task_id, "data": item.data}, output, fetch, labels)
             except Exception as exc:  # one task's failure never stops the run
                 reason = _describe(exc)
-                if not isinstance(exc, (ImageError, FormatError, ValueError)):
+                if not isinstance(exc, UserError):
                     log.debug("task %s failed", item.task_id, exc_info=True)
                 summary.failed.append((item.task_id, reason))
                 bar.write(f"task {item.task_id}: skipped: {reason}")
@@ -303,6 +302,6 @@ def _describe(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
     body = getattr(exc, "body", None)
     text = f"HTTP {status}: {body}" if isinstance(status, int) else (str(exc) or type(exc).__name__)
-    if not isinstance(exc, (ImageError, FormatError, ValueError, UploadError)) and not isinstance(status, int):
+    if not isinstance(exc, (UserError, UploadError)) and not isinstance(status, int):
         text = f"{type(exc).__name__}: {text}"
     return " ".join(text.split())[:300]

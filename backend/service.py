@@ -14,12 +14,13 @@ from typing import Callable
 
 import numpy as np
 
-from g4seg_core.engines import EngineStatus
-from g4seg_core.images import ImageError
-from g4seg_core.prompts import PromptError
-
-from .images import ImageAccessDenied, ImageDownloadError, ImageFetcher, ImageTooLarge, LRUCache
-from .ls_format import (
+from backend.fetch import (
+    ImageAccessDenied,
+    ImageDownloadError,
+    ImageFetcher,
+    ImageTooLarge,
+)
+from backend.ls_format import (
     FormatError,
     LabelConfig,
     Region,
@@ -33,7 +34,10 @@ from .ls_format import (
     prompt_from_regions,
     rough_items,
 )
-from .settings import Settings
+from backend.settings import Settings
+from g4seg_core.cache import LRUCache
+from g4seg_core.engines.factory import EngineStatus
+from g4seg_core.errors import ImageError, SettingError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,11 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
         return 413, reason
     if isinstance(exc, ImageDownloadError):
         return 502, reason
-    if isinstance(exc, (FormatError, PromptError)):
-        return 400, reason
-    if isinstance(exc, (ImageError, ValueError)):  # undecodable or unusable image (too small, ...)
+    if isinstance(exc, ImageError):  # undecodable or unusable image (too small, ...)
         return 422, reason
-    return None
+    if isinstance(exc, UserError):  # malformed JSON shapes, prompts, labels
+        return 400, reason
+    return None  # a bug: the caller answers 500 and logs the traceback
 
 
 class Metrics:
@@ -259,12 +263,12 @@ class RefineService:
         """Text-only masks (then G4Seg refinement) for a task with no rough shape: the preannotate path."""
         status = self.holder.require()
         if self._preannotator is None:
-            from .preannotation import Preannotator
+            from backend.preannotation import Preannotator
 
             try:
                 self._preannotator = Preannotator.for_engine(status.engine, self.settings.preannotate_method,
                                                              refine=self.settings.preannotate_refine)
-            except ValueError as exc:
+            except SettingError as exc:
                 raise BackendError(409, f"G4SEG_PREANNOTATE is set but {exc}") from None
         output = config.output_for(None)
         image = self._task_image(task, output)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from g4seg_core.engines import ENGINE_CHOICES
+from g4seg_core.engines.factory import ENGINE_CHOICES
+from g4seg_core.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,6 @@ _OWN_NAMES = {
     "G4SEG_WRITEBACK_BACKOFF", "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV",
     "G4SEG_LOG_LEVEL", "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE",
 }
-
-
-class SettingsError(ValueError):
-    """A setting with a value the backend cannot use; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +114,9 @@ class Settings:
             if value is not None:
                 values[key] = value
         if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
-            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+            raise SettingError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if values["engine"] not in ENGINE_CHOICES:
-            raise SettingsError(f"unknown engine {values['engine']!r} (choose from {', '.join(ENGINE_CHOICES)})")
+            raise SettingError(f"unknown engine {values['engine']!r} (choose from {', '.join(ENGINE_CHOICES)})")
         return cls(**values)
 
 
@@ -131,17 +128,17 @@ def _preannotate_method(value: str) -> str | None:
 
 
 def _flag(name: str, value: str) -> bool:
-    from g4seg_core.config import parse_text_value
+    from g4seg_core.method.config import parse_text_value
 
     try:
         return parse_text_value(value, True)
-    except ValueError:
-        raise SettingsError(f"{name}={value!r} is not true or false") from None
+    except SettingError:
+        raise SettingError(f"{name}={value!r} is not true or false") from None
 
 
 def refiner_settings_from_env(env: Mapping[str, str]) -> dict:
     """G4SEG_<FIELD> for every RefinerConfig field, checked and typed by RefinerConfig itself."""
-    from g4seg_core.config import RefinerConfig
+    from g4seg_core.method.config import RefinerConfig
 
     names = {f"G4SEG_{f.name.upper()}": f.name for f in fields(RefinerConfig)}
     unknown = sorted(k for k in env if k.startswith("G4SEG_") and k not in names and k not in _OWN_NAMES)
@@ -151,8 +148,8 @@ def refiner_settings_from_env(env: Mapping[str, str]) -> dict:
     raw = {names[k]: v for k, v in env.items() if k in names}
     try:
         config = RefinerConfig.from_strings(raw)
-    except ValueError as exc:
-        raise SettingsError(f"refiner settings: {exc}") from None
+    except SettingError as exc:
+        raise SettingError(f"refiner settings: {exc}") from None
     return {key: getattr(config, key) for key in raw}
 
 
@@ -161,7 +158,7 @@ def _url(value: str | None) -> str | None:
         return None
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise SettingsError(f"LABEL_STUDIO_URL must start with http:// or https:// and name a host, got {value!r}")
+        raise SettingError(f"LABEL_STUDIO_URL must start with http:// or https:// and name a host, got {value!r}")
     return value.rstrip("/")
 
 
@@ -170,14 +167,14 @@ def _root(value: str | None) -> Path | None:
         return None
     root = Path(value).expanduser().resolve()
     if root == Path(root.anchor):
-        raise SettingsError("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT must not be the file system root")
+        raise SettingError("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT must not be the file system root")
     return root
 
 
 def _choice(var: str, value: str, choices) -> str:
     value = (value or "").strip().lower()
     if value not in choices:
-        raise SettingsError(f"{var}={value!r} is not one of {', '.join(choices)}")
+        raise SettingError(f"{var}={value!r} is not one of {', '.join(choices)}")
     return value
 
 
@@ -185,7 +182,7 @@ def _number(var: str, raw: str, kind, minimum):
     try:
         value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        raise SettingError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
     if value < minimum:
-        raise SettingsError(f"{var} must be at least {minimum}, got {raw}")
+        raise SettingError(f"{var} must be at least {minimum}, got {raw}")
     return value

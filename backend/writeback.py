@@ -21,8 +21,8 @@ from typing import Callable
 
 import httpx
 
-from .images import ImageDownloadError
-from .ls_format import (
+from backend.fetch import ImageDownloadError
+from backend.ls_format import (
     FormatError,
     items_digest,
     parse_label_config,
@@ -30,8 +30,8 @@ from .ls_format import (
     writeback_marker,
     writeback_region_id,
 )
-from .service import BackendError, RefineService, error_status
-from .settings import Settings
+from backend.service import BackendError, RefineService, error_status
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

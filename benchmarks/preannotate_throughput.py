@@ -25,13 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._report import DEFAULT_CONFIG_DIR, ROOT, machine, replace_block, write_json  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    DEFAULT_CONFIG_DIR,
+    ROOT,
+    machine,
+    replace_block,
+    write_json,
+)
 from benchmarks.random_sd import build_random_sd  # noqa: E402
-from g4seg_core.config import RefinerConfig  # noqa: E402
-from g4seg_core.loading import resolve_device, resolve_dtype  # noqa: E402
-from g4seg_core.model import SDModel, counting  # noqa: E402
-from g4seg_core.refiner import G4SegRefiner  # noqa: E402
-from g4seg_core.textseg import TextSegmenter, config_for, refine_segmentation  # noqa: E402
+from g4seg_core.method.config import RefinerConfig  # noqa: E402
+from g4seg_core.method.loading import resolve_device, resolve_dtype  # noqa: E402
+from g4seg_core.method.model import SDModel, counting  # noqa: E402
+from g4seg_core.method.refiner import G4SegRefiner  # noqa: E402
+from g4seg_core.method.textseg import TextSegmenter, config_for, refine_segmentation  # noqa: E402
 
 LABELS = ["cat", "dog"]
 

@@ -17,7 +17,7 @@ def build_random_sd(config_dir: Path = DEFAULT_CONFIG_DIR, device: str = "cpu", 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from g4seg_core.model import SDModel
+    from g4seg_core.method.model import SDModel
 
     config_dir = Path(config_dir)
     torch.manual_seed(seed)

@@ -24,7 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._report import DEFAULT_CONFIG_DIR, ROOT, machine, replace_block, write_json  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    DEFAULT_CONFIG_DIR,
+    ROOT,
+    machine,
+    replace_block,
+    write_json,
+)
 
 
 def timed(fn, repeat=1):
@@ -47,10 +53,10 @@ def measure_one(config_dir: str, device: str, dtype_name: str, size: int, iterat
     import numpy as np
     import torch
 
-    from g4seg_core.config import RefinerConfig
-    from g4seg_core.prompts import Prompt
-    from g4seg_core.refiner import G4SegRefiner
     from benchmarks.random_sd import build_random_sd
+    from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.refiner import G4SegRefiner
+    from g4seg_core.prompts import Prompt
 
     dtype = getattr(torch, dtype_name)
     model = build_random_sd(Path(config_dir), device=device, dtype=dtype)

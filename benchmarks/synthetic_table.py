@@ -8,7 +8,7 @@ writes benchmarks/results/synthetic/{results.json,report.md,examples.png}, and r
 `synthetic` block of docs/benchmarks.md. With the tiny random-weight model (the default here,
 as no real weights can be downloaded on the project's machines) the g4seg row only shows that
 the method runs end to end and what it costs at the tiny model's size; its scores are meaningless.
-The classic engine (`g4seg_core.peers.CLASSIC_ENGINE`) is the best peer by mean IoU in this table.
+The classic engine (`g4seg_core.engines.classic.CLASSIC_ENGINE`) is the best peer by mean IoU in this table.
 """
 from __future__ import annotations
 
@@ -52,15 +52,15 @@ def main() -> int:
 
     import torch
 
-    from g4seg_core.bench import method_summary, results_table
     from g4seg_core.cli import main as g4seg
+    from g4seg_core.evaluation.bench import method_summary, results_table
 
     load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from g4seg_core.tiny import make_tiny_model
+            from g4seg_core.method.tiny import make_tiny_model
 
             model = str(make_tiny_model(Path(tmp) / "tiny-sd"))
         argv = ["bench", "--data", args.data, "--coarse", args.coarse, "--methods", args.methods,

@@ -20,13 +20,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from g4seg_core.engine import check_image
-from g4seg_core.engines import create_engine
-from g4seg_core.images import ImageError, decode_image
-from g4seg_core.prompts import Prompt, PromptError
+from g4seg_core.engines.base import check_image
+from g4seg_core.engines.factory import create_engine
+from g4seg_core.errors import UserError
+from g4seg_core.images import decode_image
+from g4seg_core.prompts import Prompt
 
 
-class RequestError(ValueError):
+class RequestError(UserError):
     """A request that cannot be served as sent (missing or malformed field)."""
 
 
@@ -102,7 +103,7 @@ def _body(body: Any) -> dict:
 
 
 def parse_request(body: Any) -> InteractorRequest:
-    """A CVAT interactor request as an image and a prompt, or RequestError / ImageError / PromptError."""
+    """A CVAT interactor request as an image and a prompt, or a UserError saying what is wrong."""
     data = _body(body)
     encoded = data.get("image")
     if not isinstance(encoded, str) or not encoded:
@@ -111,11 +112,7 @@ def parse_request(body: Any) -> InteractorRequest:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("image is not valid base64") from None
-    image = decode_image(raw)
-    try:
-        image = check_image(image)
-    except ValueError as exc:
-        raise ImageError(str(exc)) from None
+    image = check_image(decode_image(raw))
     positive = _points(data.get("pos_points"), "pos_points")
     negative = _points(data.get("neg_points"), "neg_points")
     box = _box(data.get("obj_bbox"))
@@ -145,7 +142,7 @@ def handler(context, event):
     try:
         request = parse_request(event.body)
         result = context.user_data.engine.refine(request.image, request.prompt, context.user_data.label)
-    except (RequestError, ImageError, PromptError) as exc:
+    except UserError as exc:  # the request's fault; anything else is a bug and fails loudly
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         context.logger.warn_with("g4seg: bad request", reason=reason)
         return _json_response(context, {"error": reason}, status_code=400)

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from g4seg_core.errors import ImageError
+
 # Decompression bombs: refuse images larger than this many pixels (a setting for callers).
 MAX_PIXELS = 64_000_000
-
-
-class ImageError(ValueError):
-    """An image or mask that cannot be read or used."""
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:

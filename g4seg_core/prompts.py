@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-
-class PromptError(ValueError):
-    """A prompt that cannot be used (empty, degenerate, outside the image, wrong size)."""
+from g4seg_core.errors import PromptError
 
 
 @dataclass(frozen=True)

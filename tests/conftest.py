@@ -21,7 +21,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A folder with g4seg's tiny model (diffusers layout, safetensors), written by make_tiny_model."""
-    from g4seg_core.tiny import make_tiny_model
+    from g4seg_core.method.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -29,6 +29,6 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     """The tiny model loaded once (float32, CPU); tests that change its state restore it."""
-    from g4seg_core.model import SDModel
+    from g4seg_core.method.model import SDModel
 
     return SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")

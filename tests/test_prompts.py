@@ -2,7 +2,13 @@
 import numpy as np
 import pytest
 
-from g4seg_core.prompts import PriorConfig, Prompt, PromptError, prompt_constraints, rasterize_prompt
+from g4seg_core.prompts import (
+    PriorConfig,
+    Prompt,
+    PromptError,
+    prompt_constraints,
+    rasterize_prompt,
+)
 
 
 def test_polygon_fills_its_inside_at_image_scale():

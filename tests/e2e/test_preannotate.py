@@ -16,8 +16,15 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from backend.ls_format import BrushOutput
-from backend.preannotation import MODEL_VERSION_PREFIX, PredictionUploader, Preannotator, Shard, preannotate_project
+from backend.preannotation import (
+    MODEL_VERSION_PREFIX,
+    Preannotator,
+    PredictionUploader,
+    Shard,
+    preannotate_project,
+)
 from g4seg_core.cli import main
+from g4seg_core.errors import ImageError, SettingError
 
 H, W = 96, 128  # the size of labelstudio.write_test_images' images
 
@@ -187,7 +194,7 @@ OUTPUT = BrushOutput("mask", "image", ("Cat", "Dog"), "image")
 
 def fetch(url, task_id):
     if task_id == 3:
-        raise ValueError("cannot decode image")
+        raise ImageError("cannot decode image")
     return np.zeros((8, 8, 3), np.uint8)
 
 

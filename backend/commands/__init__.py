@@ -1,0 +1,1 @@
+"""The backend's `g4seg` commands (registered in pyproject.toml): `serve` and `preannotate`."""

@@ -1,0 +1,84 @@
+"""`g4seg serve`: the Label Studio ML backend under gunicorn (port 9090 by default).
+
+Settings come from the environment (docs/operators.md); the flags here override the few that
+are handy on a command line. Each gunicorn worker process loads the engine once, when it starts.
+One worker is the default: a worker holds a whole model, and its threads share it.
+"""
+from __future__ import annotations
+
+import logging
+
+from backend.settings import Settings
+from g4seg_core.errors import UserError
+
+HELP = "Run the Label Studio ML backend (gunicorn; settings from the environment, port 9090 by default)."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--host", help="address to listen on (G4SEG_HOST; default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (PORT; default 9090)")
+    parser.add_argument("--workers", type=int, help="worker processes, each with its own model (G4SEG_WORKERS; default 1)")
+    parser.add_argument("--threads", type=int, help="request threads per worker (G4SEG_THREADS; default 8)")
+    parser.add_argument("--engine", help="g4seg, classic or auto (G4SEG_ENGINE; default auto)")
+    parser.add_argument("--model", help="diffusers folder or hub id of the weights (G4SEG_MODEL)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (G4SEG_DEVICE)")
+    parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (G4SEG_DTYPE)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (G4SEG_LOG_LEVEL; default INFO)")
+
+
+def gunicorn_options(settings: Settings) -> dict:
+    return {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        # Threads let /health and immediate answers through while a refinement runs.
+        "worker_class": "gthread",
+        "threads": settings.threads,
+        "timeout": settings.timeout,
+        "graceful_timeout": 30,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "preload_app": False,  # load the model in each worker, after the fork
+        "worker_exit": finish_writebacks,
+    }
+
+
+def finish_writebacks(server, worker) -> None:
+    """On shutdown, give queued write-backs a little time to land, and say if some did not."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("g4seg") if app is not None else None
+    if state is None:
+        return
+    if not state.writeback.wait_idle(20):
+        logging.getLogger(__name__).warning("shutting down with %d write-back(s) not done",
+                                            state.writeback.pending())
+    state.writeback.stop()
+
+
+def run(args) -> int:
+    settings = Settings.from_env(
+        host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+        engine=args.engine.lower() if args.engine else None, model=args.model, device=args.device,
+        dtype=args.dtype, log_level=args.log_level.upper() if args.log_level else None,
+    )
+    if settings.port < 1 or settings.workers < 1 or settings.threads < 2:
+        raise UserError("--port and --workers must be positive and --threads at least 2")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.auth_enabled:
+        logging.getLogger(__name__).warning("BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: the backend accepts "
+                                            "requests from anyone who can reach port %d", settings.port)
+
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in gunicorn_options(settings).items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            from backend.app import create_app
+
+            return create_app(settings)
+
+    Server().run()
+    return 0

@@ -1,0 +1,30 @@
+"""The project's error types. A `UserError` is the user's mistake: bad input, a setting that cannot
+be used, a file that is missing. It is reported as one line (the CLI exits 2, the server answers
+4xx). Any other exception is a bug and surfaces as one (a traceback, an HTTP 500), so tests can
+tell the two apart.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what and how, in one line."""
+
+
+class SettingError(UserError):
+    """A setting, option or environment variable with a value that cannot be used."""
+
+
+class PromptError(UserError):
+    """A rough shape that cannot be used (empty, degenerate, outside the image, wrong size)."""
+
+
+class ImageError(UserError):
+    """An image or mask that cannot be read or used."""
+
+
+class WeightsNotFoundError(UserError):
+    """Model weights that cannot be found or are not in safetensors; the message says where we looked."""
+
+
+class DataError(UserError):
+    """A dataset (for `g4seg bench`) that cannot be read as specified."""

@@ -1,0 +1,128 @@
+"""Every setting of the refiner in one dataclass; documented in docs/method.md."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from g4seg_core.errors import SettingError
+
+DISCREPANCY_SPACES = ("rgb", "latent", "features")
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    # Prompt and generation
+    prompt_template: str = "a photograph of a {}"
+    working_size: int | None = None  # pixels; None: the model's native size (512 for SD 2.1-base)
+    timestep: int = 100
+    seed: int = 0
+
+    # Mask injection into attention logits
+    alpha: float = 1.0
+    inject_cross: bool = True
+    inject_self: bool = True
+    injection_resolutions: tuple[int, ...] | None = None  # attention side lengths; None: all
+
+    # Discrepancy (local symmetric Hausdorff distance)
+    discrepancy_space: str = "rgb"  # rgb | latent | features
+    hausdorff_window: int = 5  # window side, in latent pixels
+    discrepancy_max_size: int = 128  # RGB discrepancy is computed at most at this side (cost bound)
+    # RGB space: latents are area-resized so the VAE decodes at most this side (0: the working size).
+    # Decoding dominates a CPU refine otherwise, and the discrepancy is compared at 128 px anyway.
+    rgb_decode_size: int = 256
+    robust_percentile: float = 95.0
+
+    # Confusion area and update
+    confusion_delta: float = 0.3
+    boundary_band: float = 0.03  # fraction of the working image's diagonal
+    beta: float = 0.5
+    iterations: int = 3
+    early_stop: bool = True
+    threshold: float = 0.5
+
+    # Region of interest
+    roi: bool = True
+    roi_margin: float = 0.25
+    roi_grid: int = 32  # snap crops to this grid (image pixels) so small edits reuse the cache
+
+    # Per-image caches (least recently used)
+    cache_images: int = 4
+    cache_references: int = 16
+    cache_texts: int = 64
+
+    def __post_init__(self):
+        checks = [
+            (1 <= self.timestep <= 999, f"timestep must be in 1..999, got {self.timestep}"),
+            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
+            (0.0 <= self.beta <= 1.0, f"beta must be in [0, 1], got {self.beta}"),
+            (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
+            (self.discrepancy_space in DISCREPANCY_SPACES,
+             f"discrepancy_space must be one of {', '.join(DISCREPANCY_SPACES)}, got {self.discrepancy_space!r}"),
+            (self.hausdorff_window >= 1 and self.hausdorff_window % 2 == 1,
+             f"hausdorff_window must be an odd number >= 1, got {self.hausdorff_window}"),
+            (0 < self.robust_percentile <= 100, f"robust_percentile must be in (0, 100], got {self.robust_percentile}"),
+            (0 <= self.confusion_delta <= 0.5, f"confusion_delta must be in [0, 0.5], got {self.confusion_delta}"),
+            (0 <= self.boundary_band < 1, f"boundary_band must be in [0, 1), got {self.boundary_band}"),
+            (0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}"),
+            (self.roi_margin >= 0, f"roi_margin must be >= 0, got {self.roi_margin}"),
+            (self.roi_grid >= 1, f"roi_grid must be >= 1, got {self.roi_grid}"),
+            (self.rgb_decode_size == 0 or (self.rgb_decode_size >= 64 and self.rgb_decode_size % 8 == 0),
+             f"rgb_decode_size must be 0 or a multiple of 8 >= 64, got {self.rgb_decode_size}"),
+            (self.working_size is None or self.working_size >= 64,
+             f"working_size must be >= 64, got {self.working_size}"),
+            ("{}" in self.prompt_template, "prompt_template must contain {} for the class name"),
+            (min(self.cache_images, self.cache_references, self.cache_texts) >= 1, "cache sizes must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingError(message)
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> "RefinerConfig":
+        """Build from text settings (environment variables, form fields), typed by the field defaults."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, raw in values.items():
+            if key not in known:
+                raise SettingError(f"unknown refiner setting {key!r}")
+            kwargs[key] = _parse(key, raw, getattr(cls, key) if hasattr(cls, key) else None)
+        return cls(**kwargs)
+
+    def short(self) -> str:
+        """A compact, stable description for model_version strings."""
+        d = asdict(self)
+        keys = ("alpha", "beta", "iterations", "timestep", "discrepancy_space", "working_size", "roi")
+        return "-".join(f"{k}={d[k]}" for k in keys)
+
+
+def _parse(key: str, raw: str, default):
+    raw = raw.strip()
+    try:
+        if key == "injection_resolutions":
+            return None if raw.lower() in ("", "none", "all") else tuple(int(v) for v in raw.split(","))
+        return parse_text_value(raw, default, optional=key == "working_size")
+    except (SettingError, ValueError):
+        raise SettingError(f"setting {key}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+def parse_text_value(raw: str, default, optional: bool = False):
+    """A setting given as text, typed like its default (bool, int, float or str).
+
+    `optional`: "", "none" and "auto" mean None. Raises SettingError when the text does not fit.
+    """
+    raw = raw.strip()
+    if optional and raw.lower() in ("", "none", "auto"):
+        return None
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingError(f"{raw!r} is not true or false")
+    try:
+        if isinstance(default, int) or (optional and default is None):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise SettingError(f"{raw!r} is not a {'whole number' if isinstance(default, int) or default is None else 'number'}") from None
+    return raw

@@ -1,0 +1,116 @@
+"""Finding Stable Diffusion weights: a local diffusers folder or a hub id, safetensors only.
+
+A local folder never touches the network. A hub id is looked up in the hub cache first
+(`local_files_only`), and downloaded (safetensors and configs only) only when it is not cached
+and the hub is not switched off (`HF_HUB_OFFLINE=1`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from g4seg_core.errors import SettingError, WeightsNotFoundError
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+COMPONENTS = ("unet", "vae", "text_encoder")
+# Only what loading needs: configs, tokenizer files and safetensors weights (never pickles).
+ALLOW_PATTERNS = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "*/config.json",
+    "unet/*.safetensors",
+    "vae/*.safetensors",
+    "text_encoder/*.safetensors",
+    "g4seg_tiny.json",
+]
+
+
+def default_model() -> str:
+    return os.environ.get("G4SEG_MODEL") or DEFAULT_MODEL
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
+        raise SettingError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N)")
+    return torch.device(device)
+
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def resolve_dtype(dtype: str, device):
+    """`auto`: fp16 on CUDA; on CPU the G4SEG_CPU_DTYPE setting (bfloat16 unless set to float32)."""
+    import torch
+
+    dtype = (dtype or "auto").lower()
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        dtype = os.environ.get("G4SEG_CPU_DTYPE", "bfloat16").lower()
+    if dtype not in DTYPE_NAMES:
+        raise SettingError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16, float16)")
+    resolved = getattr(torch, DTYPE_NAMES[dtype])
+    if resolved == torch.float16 and device.type == "cpu":
+        raise SettingError("float16 is not supported on the CPU; use bfloat16 or float32")
+    return resolved
+
+
+def _check_safetensors(folder: Path) -> None:
+    for component in COMPONENTS:
+        sub = folder / component
+        if not sub.is_dir():
+            raise WeightsNotFoundError(f"{folder} is not a diffusers model folder: it has no {component}/ subfolder")
+        if not any(sub.glob("*.safetensors")):
+            pickles = sorted(p.name for p in sub.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth"))
+            hint = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+            raise WeightsNotFoundError(f"no .safetensors weights in {sub}{hint}")
+
+
+def locate_weights(model: str | None = None) -> Path:
+    """The local folder holding `model`'s weights, downloading from the hub only if allowed and needed."""
+    model = model or default_model()
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"model folder {path} does not exist; point --model / G4SEG_MODEL at a diffusers folder or a hub id")
+        _check_safetensors(path)
+        return path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+
+    try:
+        folder = Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        _check_safetensors(folder)
+        return folder
+    except Exception as cached_error:  # not cached (or incomplete): try the hub if allowed
+        if HF_HUB_OFFLINE:
+            raise WeightsNotFoundError(_not_found(model, HF_HUB_CACHE, f"not in the cache ({_one_line(cached_error)}) and HF_HUB_OFFLINE=1")) from None
+    try:
+        folder = Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS))
+    except Exception as exc:
+        raise WeightsNotFoundError(_not_found(model, HF_HUB_CACHE, f"download failed: {_one_line(exc)}")) from None
+    _check_safetensors(folder)
+    return folder
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _not_found(model: str, cache: str, why: str) -> str:
+    return (
+        f"Stable Diffusion weights {model!r} not found: looked for a local folder of that name and in the hub cache "
+        f"{cache}; {why}. Point --model or G4SEG_MODEL at a local diffusers folder (safetensors), or fill the cache "
+        f"once where the hub is reachable (hf download {model})."
+    )

@@ -1,0 +1,85 @@
+"""Pure functions on the region of interest (`Roi`): choosing it, crops, paste-back, confusion area."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A square of the image (may reach past its edges: padded) refined at the working size."""
+
+    x0: int
+    y0: int
+    side: int
+
+
+def whole_image_roi(height: int, width: int) -> Roi:
+    side = max(height, width)
+    return Roi((width - side) // 2, (height - side) // 2, side)
+
+
+def roi_around(prior: np.ndarray, margin: float, grid: int) -> Roi:
+    """A square around the prior's support with `margin` (fraction of its size) on each side.
+
+    Side and corner are snapped to `grid` so that small edits of a shape map to the same region
+    (and so reuse the per-image cache). Falls back to the whole image when the square would not fit.
+    """
+    height, width = prior.shape
+    ys, xs = np.nonzero(prior > 0)
+    if len(xs) == 0:
+        return whole_image_roi(height, width)
+    bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    side = int(np.ceil(max(bw, bh) * (1 + 2 * margin) / grid) * grid)
+    if side >= max(height, width):
+        return whole_image_roi(height, width)
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    x0 = _snap_inside(cx - side / 2, side, width, grid)
+    y0 = _snap_inside(cy - side / 2, side, height, grid)
+    return Roi(x0, y0, side)
+
+
+def _snap_inside(start: float, side: int, extent: int, grid: int) -> int:
+    if side > extent:  # centred, padded on both sides
+        return (extent - side) // 2
+    snapped = int(round(start / grid) * grid)
+    return min(max(snapped, 0), extent - side)
+
+
+def crop(array: np.ndarray, roi: Roi, size: int, interpolation: int) -> np.ndarray:
+    """The region of `array` (zero-padded past the edges) resized to size x size."""
+    h, w = array.shape[:2]
+    x0, y0, s = roi.x0, roi.y0, roi.side
+    sub = array[max(0, y0) : min(h, y0 + s), max(0, x0) : min(w, x0 + s)]
+    pads = (max(0, -y0), max(0, y0 + s - h), max(0, -x0), max(0, x0 + s - w))
+    if any(pads):
+        sub = cv2.copyMakeBorder(sub, *pads, cv2.BORDER_CONSTANT, value=0)
+    if s == size:
+        return np.ascontiguousarray(sub)
+    return cv2.resize(sub, (size, size), interpolation=interpolation)
+
+
+def paste(field: np.ndarray, roi: Roi, height: int, width: int) -> np.ndarray:
+    """A working-size field resized to the region and placed in an image-size zero canvas."""
+    s = roi.side
+    resized = field if field.shape[0] == s else cv2.resize(field, (s, s), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((height, width), np.float32)
+    ys, xs = slice(max(0, roi.y0), min(height, roi.y0 + s)), slice(max(0, roi.x0), min(width, roi.x0 + s))
+    out[ys, xs] = resized[ys.start - roi.y0 : ys.stop - roi.y0, xs.start - roi.x0 : xs.stop - roi.x0]
+    return out
+
+
+def boundary_band(mask: np.ndarray, width_px: float) -> np.ndarray:
+    """Pixels within `width_px` of the mask's boundary, on either side."""
+    if width_px <= 0 or mask.all() or not mask.any():
+        return np.zeros_like(mask, dtype=bool)
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+    return (mask & (inside <= width_px)) | (~mask & (outside <= width_px))
+
+
+def confusion_area(prob: np.ndarray, mask: np.ndarray, delta: float, band_px: float) -> np.ndarray:
+    """Where the refiner may change the probability: uncertain pixels, or near the mask's boundary."""
+    return (np.abs(prob - 0.5) < delta) | boundary_band(mask, band_px)

@@ -1,0 +1,118 @@
+"""The attention processors: stock behaviour when idle, injection where asked, capture of maps."""
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from g4seg_core.method.attention import AttentionCapture, MaskInjection
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_model):
+    z = tiny_model.noise((1, 4, 16, 16), seed=0)
+    text = tiny_model.encode_text(["a photograph of a cat"])
+    tokens = torch.zeros(1, 77)
+    tokens[0, tiny_model.token_positions("a photograph of a cat", "cat")] = 1
+    return z, text, tokens
+
+
+def test_idle_processors_match_the_stock_unet(tiny_model, inputs):
+    z, text, _ = inputs
+    ours = tiny_model.predict_x0(z, 100, text)
+    processors = tiny_model.unet.attn_processors
+    tiny_model.unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        stock = tiny_model.predict_x0(z, 100, text)
+    finally:
+        tiny_model.unet.set_attn_processor(processors)
+    assert torch.allclose(ours, stock, atol=1e-5)
+
+
+def test_injection_only_at_the_resolutions_asked(tiny_model, inputs):
+    z, text, tokens = inputs
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 32:96] = 1
+    base = tiny_model.predict_x0(z, 100, text)
+    nowhere = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, resolutions=(99,)))
+    assert torch.equal(nowhere, base)
+    cross_only = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, self_attn=False))
+    self_only = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=1.0, cross=False))
+    assert not torch.allclose(cross_only, base) and not torch.allclose(self_only, base)
+    assert not torch.allclose(cross_only, self_only)
+
+
+def test_logit_range_is_exact_when_every_query_is_sampled():
+    from g4seg_core.method.attention import _logit_range
+
+    q, k = torch.randn(1, 2, 256, 16), torch.randn(1, 2, 77, 16)
+    exact = q @ k.transpose(-1, -2) * 0.25
+    assert torch.allclose(_logit_range(q, k, 0.25, 256)[..., 0, 0], exact.amax((-1, -2)) - exact.amin((-1, -2)))
+
+
+def test_cross_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
+    """The folded-channel implementation equals softmax(logits + alpha*s*(2m-1) on class tokens)."""
+    from g4seg_core.method.attention import _logit_range
+
+    _, text, tokens = inputs
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :, :64] = 1  # left half
+    layer = tiny_model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    hidden = torch.randn(1, 256, layer.to_q.in_features)
+    tiny_model.control.latent_hw = (16, 16)
+    tiny_model.control.injection = MaskInjection(mask, tokens, alpha=1.0, self_attn=False)
+    try:
+        out_injected = layer.processor(layer, hidden, encoder_hidden_states=text)
+    finally:
+        tiny_model.control.injection = tiny_model.control.latent_hw = None
+    q, k = _qk(layer, hidden, text)
+    v = layer.to_v(text).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
+    s = _logit_range(q, k, layer.scale, 256)
+    m = mask[:, ::8, ::8].reshape(1, 1, 256, 1)
+    logits = q @ k.transpose(-1, -2) * layer.scale
+    biased = logits + s * (2 * m - 1) * tokens[:, None, None, :]
+    expected = layer.to_out[0]((biased.softmax(-1) @ v).transpose(1, 2).reshape(1, 256, -1))
+    assert torch.allclose(out_injected, expected, atol=1e-4)
+    # Inside the mask the class gets more attention than without injection, outside less.
+    gain = (biased.softmax(-1) - logits.softmax(-1))[..., tokens[0].bool()].sum(-1).mean(1)[0].reshape(16, 16)
+    assert gain[:, :8].min() > 0 > gain[:, 8:].max()
+
+
+def test_self_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
+    from g4seg_core.method.attention import _logit_range
+
+    _, _, tokens = inputs
+    mask = torch.rand(1, 128, 128)  # soft masks use m_i*m_j + (1-m_i)*(1-m_j)
+    layer = tiny_model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    hidden = torch.randn(1, 256, layer.to_q.in_features)
+    tiny_model.control.latent_hw = (16, 16)
+    tiny_model.control.injection = MaskInjection(mask, tokens, alpha=0.7, cross=False)
+    try:
+        out_injected = layer.processor(layer, hidden)
+    finally:
+        tiny_model.control.injection = tiny_model.control.latent_hw = None
+    q, k = _qk(layer, hidden, hidden)
+    v = layer.to_v(hidden).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
+    s = 0.7 * _logit_range(q, k, layer.scale, 256)
+    m = torch.nn.functional.interpolate(mask[:, None], size=(16, 16), mode="area").reshape(1, 1, 256, 1)
+    same_side = m * m.transpose(-1, -2) + (1 - m) * (1 - m.transpose(-1, -2))
+    biased = q @ k.transpose(-1, -2) * layer.scale + s * (2 * same_side - 1)
+    expected = layer.to_out[0]((biased.softmax(-1) @ v).transpose(1, 2).reshape(1, 256, -1))
+    assert torch.allclose(out_injected, expected, atol=1e-4)
+
+
+def _qk(layer, hidden, text):
+    heads = layer.heads
+    q = layer.to_q(hidden).view(1, -1, heads, layer.to_q.out_features // heads).transpose(1, 2)
+    k = layer.to_k(text).view(1, -1, heads, layer.to_k.out_features // heads).transpose(1, 2)
+    return q, k
+
+
+def test_capture_records_row_stochastic_maps(tiny_model, inputs):
+    z, text, _ = inputs
+    capture = AttentionCapture(cross_resolutions=(16, 8), self_resolutions=(16,))
+    tiny_model.predict_x0(z, 100, text, capture=capture)
+    assert capture.mean_cross(16).shape == (1, 256, 77)
+    assert capture.mean_cross(8).shape == (1, 64, 77)
+    self16 = capture.mean_self(16)
+    assert self16.shape == (1, 256, 256)
+    assert torch.allclose(self16.sum(-1), torch.ones(1, 256), atol=1e-4)
+    assert capture.self_counts[16] == 3  # one transformer on the way down, two on the way up

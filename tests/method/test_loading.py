@@ -1,0 +1,88 @@
+"""Loading weights: safetensors only, offline from a folder, one clear message when nothing is found."""
+import shutil
+import socket
+
+import pytest
+
+from g4seg_core.errors import SettingError
+from g4seg_core.method.loading import (
+    WeightsNotFoundError,
+    locate_weights,
+    resolve_device,
+    resolve_dtype,
+)
+from g4seg_core.method.model import SDModel
+
+
+def test_tiny_model_loads_through_the_real_path_without_network(tiny_model_dir, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a local folder must not open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert model.is_tiny and model.native_size == 128
+    assert model.describe()["dtype"] == "float32"
+
+
+def test_pickled_weights_are_refused(tiny_model_dir, tmp_path):
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, copy)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(copy / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(WeightsNotFoundError, match=r"no \.safetensors weights in .*unet.*pickled weights are never loaded"):
+        locate_weights(str(copy))
+
+
+def test_missing_folder_and_uncached_hub_id_say_where_they_looked(tmp_path, monkeypatch):
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        locate_weights(str(tmp_path / "nothing-here"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(WeightsNotFoundError) as info:
+        locate_weights("someone/not-a-cached-model")
+    message = str(info.value)
+    assert "someone/not-a-cached-model" in message and "hub cache" in message and "G4SEG_MODEL" in message
+    assert "\n" not in message
+
+
+def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(WeightsNotFoundError, match="not a diffusers model folder: it has no unet/ subfolder"):
+        locate_weights(str(tmp_path))
+
+
+def test_device_and_dtype_resolution(monkeypatch):
+    import torch
+
+    cpu = resolve_device("auto")  # no GPU on these machines: CPU
+    assert cpu.type in ("cpu", "cuda")
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setenv("G4SEG_CPU_DTYPE", "float32")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.delenv("G4SEG_CPU_DTYPE")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(SettingError, match="float16 is not supported on the CPU"):
+        resolve_dtype("float16", torch.device("cpu"))
+    with pytest.raises(SettingError, match="unknown dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_sd15_style_models_load_and_refine(tmp_path):
+    import numpy as np
+
+    from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.refiner import G4SegRefiner
+    from g4seg_core.method.tiny import make_tiny_model
+    from g4seg_core.prompts import Prompt
+
+    folder = make_tiny_model(tmp_path / "sd15", style="sd15")
+    model = SDModel.from_pretrained(str(folder), device="cpu", dtype="float32")
+    assert not model.unet.config.use_linear_projection
+    image = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 80), bool)
+    mask[16:48, 20:60] = True
+    trace = G4SegRefiner(model, RefinerConfig(iterations=1, early_stop=False)).refine_trace(image, Prompt(mask=mask), "cat")
+    assert trace.iterations == 1 and trace.mask.shape == (64, 80)
+    assert (trace.probability != mask).any()  # the injected pass ran and moved something

@@ -1,0 +1,132 @@
+"""The refiner's mechanism on the tiny tiny_model: what alpha, the confusion area, seeds and caches promise."""
+import numpy as np
+import pytest
+
+from g4seg_core.errors import SettingError
+from g4seg_core.method.config import RefinerConfig
+from g4seg_core.method.model import counting
+from g4seg_core.method.refiner import G4SegRefiner
+from g4seg_core.prompts import Prompt
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(1)
+    img = (rng.random((96, 128, 3)) * 60).astype(np.uint8)
+    img[25:75, 35:95] += 150  # a bright object on a dark background
+    return img
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    m = np.zeros((96, 128), bool)
+    m[30:70, 40:90] = True
+    return m
+
+
+def test_alpha_zero_leaves_the_coarse_mask_unchanged(tiny_model, image, coarse):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(alpha=0.0, iterations=3))
+    trace = refiner.refine_trace(image, Prompt(mask=coarse), "cat")
+    assert (trace.mask == coarse).all()
+    assert trace.iterations == 1  # the generations are identical, nothing moves: early stop
+
+
+def test_alpha_zero_generations_are_identical(tiny_model, image, coarse):
+    # The injected pass with alpha 0 is bit-identical to the reference pass.
+    import torch
+
+    from g4seg_core.method.attention import MaskInjection
+
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(alpha=0.0))
+    refiner.refine(image, Prompt(mask=coarse), "cat")
+    (key, ref), = refiner._references._items.items()
+    state = refiner._rois.get(key[:2])
+    text, tokens = refiner._text("cat")
+    injection = MaskInjection(mask=torch.ones(1, 128, 128), token_mask=tokens, alpha=0.0)
+    x0 = tiny_model.predict_x0(state.z_t, refiner.config.timestep, text, injection=injection)
+    assert torch.equal(x0, ref.x0)
+    injection.alpha = 1.0
+    assert not torch.equal(tiny_model.predict_x0(state.z_t, refiner.config.timestep, text, injection=injection), ref.x0)
+
+
+@pytest.mark.parametrize("space", ["rgb", "latent", "features"])
+def test_update_touches_only_the_confusion_area(tiny_model, image, coarse, space):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(alpha=2.0, iterations=2, discrepancy_space=space, early_stop=False))
+    trace = refiner.refine_trace(image, Prompt(mask=coarse), "cat")
+    changed = trace.probability != coarse.astype(np.float32)
+    assert changed.any(), "alpha > 0 should move some probabilities"
+    assert not (changed & ~trace.confusion).any()
+    assert trace.confusion.sum() < coarse.size / 2  # a band around the boundary, not the image
+
+
+def test_same_seed_same_output_and_seed_matters(tiny_model, image, coarse):
+    a = G4SegRefiner(tiny_model, RefinerConfig(seed=3)).refine(image, Prompt(mask=coarse), "cat")
+    b = G4SegRefiner(tiny_model, RefinerConfig(seed=3)).refine(image, Prompt(mask=coarse), "cat")
+    c = G4SegRefiner(tiny_model, RefinerConfig(seed=4)).refine(image, Prompt(mask=coarse), "cat")
+    assert np.array_equal(a.probability, b.probability)
+    assert not np.array_equal(a.probability, c.probability)
+
+
+def test_second_refine_on_the_same_image_reuses_the_cache(tiny_model, image, coarse):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=2, early_stop=False))
+    with counting(tiny_model) as cold:
+        refiner.refine(image, Prompt(mask=coarse), "cat")
+    assert cold["vae_encode"] == 1 and cold["unet"] == 1 + 2 and cold["text"] == 1
+    nudged = coarse.copy()
+    nudged[30:70, 88:92] = True  # a small edit: same region of interest
+    with counting(tiny_model) as warm:
+        refiner.refine(image, Prompt(mask=nudged), "cat")
+    assert warm["vae_encode"] == 0 and warm["text"] == 0
+    assert warm["unet"] == 2  # only the mask-conditioned passes
+    with counting(tiny_model) as other_class:
+        refiner.refine(image, Prompt(mask=coarse), "dog")
+    assert other_class["vae_encode"] == 0 and other_class["unet"] == 1 + 2  # new reference pass
+
+
+def test_cache_is_bounded(tiny_model, image, coarse):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=1, cache_images=2, cache_references=2))
+    for shift in range(4):
+        refiner.refine(np.roll(image, shift, axis=1), Prompt(mask=coarse), "cat")
+    assert len(refiner._rois) == 2 and len(refiner._references) == 2
+
+
+def test_multiclass_masks_do_not_overlap(tiny_model, image, coarse):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=1))
+    other = np.zeros_like(coarse)
+    other[50:90, 70:120] = True  # overlaps the first shape
+    results = refiner.refine_classes(image, {"cat": Prompt(mask=coarse), "dog": Prompt(mask=other)})
+    assert results["cat"].mask.any() and results["dog"].mask.any()
+    assert not (results["cat"].mask & results["dog"].mask).any()
+
+
+@pytest.mark.parametrize("roi", [True, False])
+def test_output_has_the_image_size_for_every_prior_kind(tiny_model, image, roi):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=1, roi=roi))
+    prompts = [
+        Prompt(polygons=[[(40, 30), (90, 30), (90, 70), (40, 70)]]),
+        Prompt(box=(35, 25, 95, 75)),
+        Prompt(positive_points=[(60, 50)], negative_points=[(10, 10)]),
+        Prompt(scribbles=[[(45, 50), (85, 50)]]),
+    ]
+    for prompt in prompts:
+        result = refiner.refine(image, prompt, "cat")
+        assert result.probability.shape == result.mask.shape == image.shape[:2]
+        assert result.probability.dtype == np.float32
+        assert result.mask.any()
+
+
+def test_box_result_stays_in_the_box_and_clicks_are_respected(tiny_model, image):
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=2))
+    result = refiner.refine(image, Prompt(box=(35, 25, 95, 75), negative_points=[(60, 50)]), "cat")
+    assert not result.mask[:25].any() and not result.mask[:, 95:].any()
+    assert not result.mask[50, 60]
+
+
+def test_working_size_must_fit_the_model(tiny_model):
+    with pytest.raises(SettingError, match="multiple of 32"):
+        G4SegRefiner(tiny_model, RefinerConfig(working_size=100))
+
+
+def test_version_names_engine_model_and_settings(tiny_model):
+    version = G4SegRefiner(tiny_model, RefinerConfig(alpha=0.5)).version
+    assert version.startswith("g4seg:") and "TINY-RANDOM" in version and "alpha=0.5" in version
