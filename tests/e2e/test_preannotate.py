@@ -226,5 +226,5 @@ def test_shards_split_by_task_id():
     owners = [[s for s in shards if s.owns(t)] for t in ids]
     assert all(len(o) == 1 for o in owners)
     for bad in ("3/3", "1", "a/b", "0/0", "-1/2"):
-        with pytest.raises(ValueError):
+        with pytest.raises(SettingError):
             Shard.parse(bad)
