@@ -1,0 +1,65 @@
+"""Edge-aware filtering of probability maps, with the image as guide: boundaries follow image edges.
+
+The guided filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013) fits, in every window,
+the probability as a linear function of the image's colour; where the image has an edge, the
+probability gets one too, and flat regions are smoothed. It is linear in the number of pixels
+(box filters only) and is the usual edge-aware step after upsampling a coarse map.
+
+OpenCV ships it in contrib (`cv2.ximgproc.guidedFilter`), but label-studio-sdk pins the plain
+`opencv-python-headless`, and the two wheels cannot be installed side by side (both own `cv2`);
+so it is written here with `cv2.boxFilter`, as in the paper's Algorithm 2 (colour guide).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _mean(x: np.ndarray, radius: int) -> np.ndarray:
+    return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """`src` (HxW) filtered with the colour image `guide` (HxWx3, uint8 or float in [0, 1]).
+
+    `radius` is the window half-size in pixels; `eps` the regulariser (in squared guide units,
+    guide in [0, 1]): smaller follows weaker edges. Returns float32 HxW.
+    """
+    if guide.shape[:2] != src.shape[:2]:
+        raise ValueError(f"guide {guide.shape[:2]} and src {src.shape[:2]} differ in size")
+    radius = max(1, int(radius))
+    I = guide.astype(np.float32)
+    if guide.dtype == np.uint8:
+        I /= 255.0
+    if I.ndim == 2:
+        I = I[..., None]
+    p = src.astype(np.float32)
+    mean_I = _mean(I, radius).reshape(I.shape)
+    mean_p = _mean(p, radius)
+    channels = I.shape[2]
+    # Covariance of the guide's channels (C x C per pixel) and of guide and src (C per pixel).
+    cov_Ip = np.stack([_mean(I[..., c] * p, radius) - mean_I[..., c] * mean_p for c in range(channels)], axis=-1)
+    sigma = np.empty(I.shape[:2] + (channels, channels), np.float32)
+    for a in range(channels):
+        for b in range(a, channels):
+            v = _mean(I[..., a] * I[..., b], radius) - mean_I[..., a] * mean_I[..., b]
+            sigma[..., a, b] = sigma[..., b, a] = v
+    sigma += eps * np.eye(channels, dtype=np.float32)
+    a_coef = np.linalg.solve(sigma, cov_Ip[..., None])[..., 0]  # HxWxC
+    b_coef = mean_p - (a_coef * mean_I).sum(axis=-1)
+    mean_a = _mean(a_coef, radius).reshape(a_coef.shape)
+    mean_b = _mean(b_coef, radius)
+    return ((mean_a * I).sum(axis=-1) + mean_b).astype(np.float32)
+
+
+def edge_aware_probability(image: np.ndarray, probability: np.ndarray, radius: int, eps: float = 1e-3) -> np.ndarray:
+    """A probability map (any size) brought to the image's size, its boundaries snapped to image edges.
+
+    A smaller map is first upsampled bilinearly; the guided filter then replaces the blur of the
+    upsampling by the image's own edges. The result is clipped to [0, 1].
+    """
+    height, width = image.shape[:2]
+    prob = probability.astype(np.float32)
+    if prob.shape != (height, width):
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(guided_filter(image, prob, radius, eps), 0.0, 1.0)

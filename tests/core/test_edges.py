@@ -1,0 +1,41 @@
+"""The edge-aware step: a blurred or coarse probability snaps to the image's edges."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from g4seg_core.edges import edge_aware_probability, guided_filter
+from g4seg_core.evaluation.metrics import boundary_iou, iou
+
+
+def _scene(seed: int = 0):
+    """A textured disc on a textured background with a clear colour edge, and its exact mask."""
+    rng = np.random.default_rng(seed)
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    truth = (yy - 60) ** 2 / 40**2 + (xx - 75) ** 2 / 52**2 <= 1.0
+    image = np.where(truth[..., None], [200, 80, 60], [60, 120, 190]).astype(np.float32)
+    image += rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def test_a_flat_guide_leaves_a_constant_map_constant():
+    guide = np.full((32, 40, 3), 128, np.uint8)
+    out = guided_filter(guide, np.full((32, 40), 0.7, np.float32), radius=4, eps=1e-3)
+    np.testing.assert_allclose(out, 0.7, atol=1e-5)
+
+
+def test_a_coarse_map_upsampled_with_the_image_follows_the_true_boundary():
+    image, truth = _scene()
+    small = cv2.resize(truth.astype(np.float32), (20, 15), interpolation=cv2.INTER_AREA)  # 8x coarser
+    bilinear = cv2.resize(small, (160, 120), interpolation=cv2.INTER_LINEAR) > 0.5
+    snapped = edge_aware_probability(image, small, radius=6) > 0.5
+    assert boundary_iou(snapped, truth) > boundary_iou(bilinear, truth) + 0.05
+    assert iou(snapped, truth) >= 0.97
+
+
+def test_output_stays_a_probability():
+    image, truth = _scene(1)
+    out = edge_aware_probability(image, truth.astype(np.float32), radius=3)
+    assert out.dtype == np.float32 and out.shape == truth.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
