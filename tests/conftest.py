@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+# Real photos with hand-made masks (read its README): beside the checkout, as on every machine of this project.
+WEIZMANN_DIR = Path(os.environ.get("G4SEG_WEIZMANN_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann_horse")
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,6 +8,7 @@ semantic data, one per instance for COCO) and a semantic label map (class index 
   voc:DIR[:SPLIT]               VOC2012 layout: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/SPLIT.txt
   coco:ANNOTATIONS.json:IMAGES  COCO instances JSON and its image folder
   folder:DIR[:LABEL]            DIR/images/NAME.{jpg,png,...} paired with DIR/masks/NAME.png (non-zero = object)
+  weizmann:DIR[:SPLIT]          the Weizmann Horse photos (DIR/rgb, DIR/figure_ground); SPLIT dev, test or all
 """
 from __future__ import annotations
 
@@ -346,12 +347,63 @@ class FolderDataset(Dataset):
         return (pred > 0).astype(np.int32)  # a binary mask: any non-zero value is the object
 
 
+# ---- Weizmann Horse (real photos) --------------------------------------------------------------
+
+WEIZMANN_SPLITS = ("dev", "test", "all")
+
+
+class WeizmannDataset(Dataset):
+    """The Weizmann Horse database: real photos (DIR/rgb/NAME.jpg) with hand-made masks
+    (DIR/figure_ground/NAME.jpg, grey JPEG, > 127 = horse).
+
+    The masks are stored at the size of the database's downscaled images, not the photos', with
+    the same aspect within 1%: each photo is resized to its mask's size (area when shrinking,
+    cubic when enlarging), so scores are at the resolution the truth was drawn at.
+
+    Splits, fixed by file order so anyone gets the same: `dev` is every fourth photo (tune on it),
+    `test` the other three quarters (report on it), `all` both."""
+
+    name = "weizmann"
+    class_names = ("background", "horse")
+
+    def __init__(self, root: str | Path, split: str = "all"):
+        root = Path(root)
+        self.rgb, self.masks = root / "rgb", root / "figure_ground"
+        if not self.rgb.is_dir() or not self.masks.is_dir():
+            raise DataError(f"weizmann: expected {self.rgb}/ and {self.masks}/")
+        if split not in WEIZMANN_SPLITS:
+            raise DataError(f"weizmann: split must be one of {', '.join(WEIZMANN_SPLITS)}, got {split!r}")
+        names = sorted(p.stem for p in self.rgb.glob("*.jpg") if (self.masks / p.name).is_file())
+        if not names:
+            raise DataError(f"weizmann: no photo in {self.rgb} has a mask of the same name in {self.masks}")
+        if split != "all":
+            names = [n for i, n in enumerate(names) if (i % 4 == 0) == (split == "dev")]
+        self.split = split
+        self.ids = names
+
+    def load(self, index: int) -> Sample:
+        sid = self.ids[index]
+        image = load_image(self.rgb / f"{sid}.jpg")
+        try:
+            with Image.open(self.masks / f"{sid}.jpg") as img:
+                mask = np.asarray(img.convert("L")) > 127
+        except OSError as exc:
+            raise DataError(f"weizmann: cannot read the mask of {sid}: {exc}") from None
+        height, width = mask.shape
+        if image.shape[:2] != (height, width):
+            shrink = image.shape[0] * image.shape[1] > height * width
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        semantic = mask.astype(np.int32)
+        return Sample(sid, image, _semantic_objects(semantic, self.class_names), semantic)
+
+
 # ---- spec ---------------------------------------------------------------------------------------
 
 DATA_SPEC_HELP = (
     "synthetic:N[:SEED[:SIZE]] (generated scenes) | voc:DIR[:SPLIT] (default split val) | "
     "coco:ANNOTATIONS.json:IMAGES_DIR | folder:DIR[:LABEL] (DIR/images/NAME.jpg|png|... paired with "
-    "DIR/masks/NAME.png by file name; non-zero mask pixels are the object)"
+    "DIR/masks/NAME.png by file name; non-zero mask pixels are the object) | weizmann:DIR[:SPLIT] (the "
+    "Weizmann Horse photos; SPLIT dev = every fourth photo, test = the rest, all (default))"
 )
 
 
@@ -385,6 +437,10 @@ def open_dataset(spec: str) -> Dataset:
         if not 1 <= len(parts) <= 2 or not parts[0]:
             raise DataError("folder data spec is folder:DIR[:LABEL]")
         return FolderDataset(parts[0], parts[1] if len(parts) > 1 and parts[1] else "object")
+    if kind == "weizmann":
+        if not 1 <= len(parts) <= 2 or not parts[0]:
+            raise DataError("weizmann data spec is weizmann:DIR[:SPLIT]")
+        return WeizmannDataset(parts[0], parts[1] if len(parts) > 1 and parts[1] else "all")
     raise DataError(f"unknown data kind {kind!r}; use {DATA_SPEC_HELP}")
 
 

@@ -5,6 +5,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from conftest import WEIZMANN_DIR
 from PIL import Image
 
 from g4seg_core.evaluation.data import (
@@ -229,3 +230,19 @@ def test_folder_errors_are_clear(tmp_path):
 def test_data_spec_errors(spec, message):
     with pytest.raises(DataError, match=message):
         open_dataset(spec)
+
+
+WEIZMANN = WEIZMANN_DIR
+
+
+@pytest.mark.skipif(not WEIZMANN.is_dir(), reason=f"the Weizmann Horse photos are not in {WEIZMANN_DIR}")
+def test_weizmann_photos_are_resized_to_their_masks_and_split_without_overlap():
+    dev, test, everything = (open_dataset(f"weizmann:{WEIZMANN}:{s}") for s in ("dev", "test", "all"))
+    assert (len(dev), len(test), len(everything)) == (82, 246, 328)
+    assert not set(dev.ids) & set(test.ids) and set(dev.ids) | set(test.ids) == set(everything.ids)
+    sample = everything.load(0)  # horse001: an 800x590 photo, its mask 315x232
+    assert sample.image.shape == (232, 315, 3) and sample.semantic.shape == (232, 315)
+    (horse,) = sample.objects
+    assert horse.label == "horse" and 0.05 < horse.mask.mean() < 0.45
+    with pytest.raises(DataError, match="split must be one of"):
+        open_dataset(f"weizmann:{WEIZMANN}:train")
