@@ -13,9 +13,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 
-# build-essential and python3-dev: pydensecrf2 (the classic fallback engine) builds from source.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
@@ -27,7 +26,7 @@ WORKDIR /app
 COPY requirements.txt pyproject.toml README.md label_config.xml ./
 COPY g4seg_core g4seg_core
 COPY backend backend
-RUN pip install -c requirements.txt ".[backend,eval]" \
+RUN pip install -c requirements.txt ".[backend]" \
  && useradd --create-home --uid 1000 g4seg \
  && mkdir -p /models && chown g4seg /models
 

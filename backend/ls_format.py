@@ -218,7 +218,7 @@ def _pairs(points, where):
 def _rectangle(value: dict, height: int, width: int, where: str):
     x, y = _pct(value.get("x"), width), _pct(value.get("y"), height)
     w, h = _pct(value.get("width"), width), _pct(value.get("height"), height)
-    if w < 1 or h < 1:
+    if abs(w) < 1 or abs(h) < 1:  # a negative size is a rectangle drawn the other way: the corners order it
         raise FormatError(f"{where}: the rectangle is empty (under one pixel wide or high)")
     rotation = value.get("rotation") or 0.0
     if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not math.isfinite(rotation):

@@ -38,6 +38,7 @@ from backend.settings import Settings
 from g4seg_core.cache import LRUCache
 from g4seg_core.engines.factory import EngineStatus
 from g4seg_core.errors import ImageError, SettingError, UserError
+from g4seg_core.prompts import edge_notes
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,9 @@ class RefineService:
             outputs[label] = output
             output.check_label(label)
         prompts = {label: prompt_from_regions(regions, height, width) for label, regions in groups.items()}
+        for label, prompt in prompts.items():
+            for note in edge_notes(prompt, height, width):
+                log.info("label %r: %s", label, note)
         status = self.holder.require()
         started = time.perf_counter()
         with self.gate.engine_lock:

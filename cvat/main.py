@@ -24,7 +24,7 @@ from g4seg_core.engines.base import check_image
 from g4seg_core.engines.factory import create_engine
 from g4seg_core.errors import UserError
 from g4seg_core.images import decode_image
-from g4seg_core.prompts import Prompt
+from g4seg_core.prompts import Prompt, edge_notes
 
 
 class RequestError(UserError):
@@ -141,6 +141,8 @@ def init_context(context) -> None:
 def handler(context, event):
     try:
         request = parse_request(event.body)
+        for note in edge_notes(request.prompt, *request.image.shape[:2]):
+            context.logger.info(f"g4seg: {note}")
         result = context.user_data.engine.refine(request.image, request.prompt, context.user_data.label)
     except UserError as exc:  # the request's fault; anything else is a bug and fails loudly
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from g4seg_core.errors import ImageError
+from g4seg_core.errors import ImageError, UserError
 
 # Decompression bombs: refuse images larger than this many pixels (a setting for callers).
 MAX_PIXELS = 64_000_000
@@ -53,23 +53,49 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr > 0
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = ""):
-    """Yields a temporary path beside `path`; renamed onto it only if the block succeeds.
-
-    A reader never sees a half-written file, and a failure leaves nothing behind.
-    """
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """`path` can be written: its nearest existing ancestor is a writable folder and `path` itself
+    is not a folder. Checked before any slow work; creates nothing."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
-    os.close(fd)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path} cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written: no permission to write in {parent}")
+    return path
+
+
+@contextmanager
+def atomic_outputs(paths: list[str | os.PathLike]):
+    """Yields one temporary path per output; all are renamed onto their outputs only if the block
+    succeeds and every temporary file was written, so a run leaves all its outputs or none."""
+    temps: list[tuple[str, Path]] = []
     try:
+        for path in map(Path, paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            os.close(fd)
+            temps.append((tmp, path))
+        yield [tmp for tmp, _ in temps]
+        for tmp, path in temps:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike):
+    """Yields a temporary path beside `path`, renamed onto it only if the block succeeds: a reader
+    never sees a half-written file, and a failure leaves nothing behind."""
+    with atomic_outputs([path]) as (tmp,):
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
@@ -77,18 +103,28 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+def write_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """A uint8 (or uint16) array as a PNG file, written in place (see `atomic_output`)."""
+    Image.fromarray(array).save(path, format="PNG")
+
+
 def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a PNG so that a reader never sees a half-written file."""
-    with atomic_output(path, suffix=".png") as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    with atomic_output(path) as tmp:
+        write_png(array, tmp)
+
+
+def mask_png(mask: np.ndarray) -> np.ndarray:
+    """A bool mask as the 0/255 uint8 image masks are written as."""
+    return np.where(mask, 255, 0).astype(np.uint8)
+
+
+def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """A bool mask as a 0/255 PNG."""
+    save_png_atomic(mask_png(mask), path)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """A bool mask as a 0/255 PNG."""
-    save_png_atomic(np.where(mask, 255, 0).astype(np.uint8), path)

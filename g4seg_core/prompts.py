@@ -5,6 +5,12 @@ and negative points, scribbles. `rasterize_prompt` turns it into a float32 proba
 image size; the refiner and the classic engines all start from that map. Hard shapes (mask,
 polygon) give 0/1; a box or points alone say less about the object, so they give an uncertain
 value that puts the whole region into the refiner's confusion area.
+
+The image edge, one rule for every kind: a shape that touches or overshoots the edge is clipped
+to the image (a polygon or a stroke geometrically, a box to the image's rectangle, a click is kept
+when it lies on the image, edge included); a shape with nothing left inside the image is an error.
+A box given with its corners reversed is put in order. `edge_notes` says, in words, what clipping
+and ordering did, so every entry point (CLI, server, CVAT) can report it.
 """
 from __future__ import annotations
 
@@ -60,15 +66,84 @@ def _as_probability(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(m, 0.0, 1.0)
 
 
-def _check_points(points, height: int, width: int, what: str) -> np.ndarray:
+def _coordinates(points, what: str) -> np.ndarray:
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if not np.all(np.isfinite(arr)):
         raise PromptError(f"{what} has non-finite coordinates")
-    outside = (arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height)
+    return arr
+
+
+def _outside(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    return (arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height)
+
+
+def _check_clicks(points, height: int, width: int, what: str) -> np.ndarray:
+    """Clicks as an array; a click off the image has nothing to clip to and is an error."""
+    arr = _coordinates(points, what)
+    outside = _outside(arr, height, width)
     if outside.any():
         x, y = arr[outside][0]
         raise PromptError(f"{what} point ({x:g}, {y:g}) lies outside the {width}x{height} image")
     return arr
+
+
+def clip_polygon(points, height: int, width: int) -> np.ndarray:
+    """The polygon cut to the image rectangle (Sutherland-Hodgman; concave polygons keep their
+    area inside, with zero-width seams along the edge that filling ignores). May be empty."""
+    poly = list(map(tuple, _coordinates(points, "polygon")))
+    for axis, bound, keep_below in ((0, 0.0, False), (0, float(width), True), (1, 0.0, False), (1, float(height), True)):
+        if not poly:
+            break
+        inside = (lambda p: p[axis] <= bound) if keep_below else (lambda p: p[axis] >= bound)
+        out = []
+        for i, cur in enumerate(poly):
+            prev = poly[i - 1]
+            if inside(cur) != inside(prev):  # the edge crosses the bound: add the crossing point
+                f = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = [prev[0] + f * (cur[0] - prev[0]), prev[1] + f * (cur[1] - prev[1])]
+                cross[axis] = bound
+                out.append(tuple(cross))
+            if inside(cur):
+                out.append(cur)
+        poly = out
+    return np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+
+
+def order_box(box) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 with x0 <= x1 and y0 <= y1 (the corners may be given in any order)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite([x0, y0, x1, y1])):
+        raise PromptError("box has non-finite coordinates")
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def clip_box(box, height: int, width: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = order_box(box)
+    x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise PromptError(f"box is empty or lies outside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def edge_notes(prompt: "Prompt", height: int, width: int) -> list[str]:
+    """What the image-edge rule does to this prompt, one sentence each (empty when nothing)."""
+    notes = []
+    for i, poly in enumerate(prompt.polygons):
+        arr = _coordinates(poly, "polygon")
+        if _outside(arr, height, width).any():
+            notes.append(f"polygon {i + 1} reaches past the {width}x{height} image: clipped to it")
+    for i, stroke in enumerate(prompt.scribbles):
+        if _outside(_coordinates(stroke, "scribble"), height, width).any():
+            notes.append(f"scribble {i + 1} reaches past the {width}x{height} image: clipped to it")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = (float(v) for v in prompt.box)
+        ordered = order_box(prompt.box)
+        if (x0, y0, x1, y1) != ordered:
+            notes.append(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has its corners reversed: put in order")
+        if ordered[0] < 0 or ordered[1] < 0 or ordered[2] > width or ordered[3] > height:
+            c = clip_box(prompt.box, height, width)
+            notes.append(f"box reaches past the {width}x{height} image: clipped to ({c[0]:g}, {c[1]:g}, {c[2]:g}, {c[3]:g})")
+    return notes
 
 
 def polygon_area(points) -> float:
@@ -78,12 +153,16 @@ def polygon_area(points) -> float:
 
 
 def rasterize_polygon(points, height: int, width: int) -> np.ndarray:
-    """Filled polygon as a bool mask (OpenCV's fill: pixels the outline passes through count as inside)."""
-    arr = _check_points(points, height, width, "polygon")
+    """Filled polygon as a bool mask (OpenCV's fill: pixels the outline passes through count as
+    inside), clipped to the image."""
+    arr = _coordinates(points, "polygon")
     if len(arr) < 3:
         raise PromptError(f"polygon needs at least 3 points, got {len(arr)}")
     if polygon_area(arr) < 1.0:
         raise PromptError("polygon is degenerate (its area is under one pixel)")
+    arr = clip_polygon(arr, height, width)
+    if len(arr) < 3 or polygon_area(arr) <= 0.0:
+        raise PromptError(f"polygon lies outside the {width}x{height} image")
     canvas = np.zeros((height, width), np.uint8)
     # Pixel centres sit at integer coordinates + 0.5: shift so OpenCV's integer grid matches.
     shift = 4
@@ -92,38 +171,64 @@ def rasterize_polygon(points, height: int, width: int) -> np.ndarray:
     return canvas.astype(bool)
 
 
+def _pixel(x: float, y: float, height: int, width: int) -> tuple[int, int]:
+    """The (column, row) a point falls in; a point on the right or bottom edge is in the last pixel."""
+    return min(int(np.floor(x)), width - 1), min(int(np.floor(y)), height - 1)
+
+
 def _disc_mask(centres: np.ndarray, radius: float, height: int, width: int) -> np.ndarray:
     canvas = np.zeros((height, width), np.uint8)
     r = max(1, int(round(radius)))
     for x, y in centres:
-        cv2.circle(canvas, (int(np.floor(x)), int(np.floor(y))), r, 1, thickness=-1)
+        cv2.circle(canvas, _pixel(x, y, height, width), r, 1, thickness=-1)
     return canvas.astype(bool)
 
 
+def _clip_segment(a: np.ndarray, b: np.ndarray, x0: float, y0: float, x1: float, y1: float):
+    """The part of segment a-b inside the rectangle (Liang-Barsky), or None."""
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-d[0], a[0] - x0), (d[0], x1 - a[0]), (-d[1], a[1] - y0), (d[1], y1 - a[1])):
+        if p == 0:
+            if q < 0:
+                return None
+            continue
+        r = q / p
+        if p < 0:
+            t0 = max(t0, r)
+        else:
+            t1 = min(t1, r)
+        if t0 > t1:
+            return None
+    return a + t0 * d, a + t1 * d
+
+
 def rasterize_scribble(points, height: int, width: int, thickness: float) -> np.ndarray:
-    arr = _check_points(points, height, width, "scribble")
+    """A stroke through the points, `thickness` pixels wide, clipped to the image."""
+    arr = _coordinates(points, "scribble")
     if len(arr) < 1:
         raise PromptError("scribble has no points")
-    canvas = np.zeros((height, width), np.uint8)
-    pts = np.floor(arr).astype(np.int32)  # the pixel a point falls in
     t = max(1, int(round(thickness)))
-    if len(pts) == 1:
-        cv2.circle(canvas, tuple(int(v) for v in pts[0]), max(1, t // 2), 1, thickness=-1)
-    else:
-        cv2.polylines(canvas, [pts], isClosed=False, color=1, thickness=t)
+    canvas = np.zeros((height, width), np.uint8)
+    if len(arr) == 1:
+        (x, y), = _check_clicks(arr, height, width, "scribble")
+        cv2.circle(canvas, _pixel(x, y, height, width), max(1, t // 2), 1, thickness=-1)
+        return canvas.astype(bool)
+    # Each segment cut to the image (plus the stroke's half-width), then drawn in the pixel it falls in.
+    pad = t / 2 + 1
+    for a, b in zip(arr[:-1], arr[1:]):
+        part = _clip_segment(a, b, -pad, -pad, width + pad, height + pad)
+        if part is not None:
+            p0, p1 = (tuple(int(v) for v in np.floor(q)) for q in part)
+            cv2.line(canvas, p0, p1, 1, thickness=t)
+    if not canvas.any():
+        raise PromptError(f"scribble lies outside the {width}x{height} image")
     return canvas.astype(bool)
 
 
 def box_mask(box, height: int, width: int) -> np.ndarray:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not all(np.isfinite([x0, y0, x1, y1])):
-        raise PromptError("box has non-finite coordinates")
-    x0, x1 = sorted((x0, x1))
-    y0, y1 = sorted((y0, y1))
-    x0, y0 = max(0.0, x0), max(0.0, y0)
-    x1, y1 = min(float(width), x1), min(float(height), y1)
-    if x1 - x0 < 1 or y1 - y0 < 1:
-        raise PromptError("box is empty or lies outside the image")
+    """The pixels inside the box (corners in any order), clipped to the image."""
+    x0, y0, x1, y1 = clip_box(box, height, width)
     out = np.zeros((height, width), bool)
     # Pixel (i, j) is inside when its centre (j + 0.5, i + 0.5) is.
     c0, c1 = int(np.ceil(x0 - 0.5)), int(np.floor(x1 - 0.5))
@@ -165,13 +270,13 @@ def rasterize_prompt(prompt: Prompt, height: int, width: int, config: PriorConfi
             prob[halo] = np.maximum(prob[halo], cfg.point_context_prob)
         prob[line] = 1.0
     if prompt.positive_points:
-        pts = _check_points(prompt.positive_points, height, width, "positive")
+        pts = _check_clicks(prompt.positive_points, height, width, "positive")
         if not region_given and not prompt.scribbles:
             halo = _disc_mask(pts, cfg.point_context_radius * diag, height, width)
             prob[halo] = np.maximum(prob[halo], cfg.point_context_prob)
         prob[_disc_mask(pts, cfg.point_radius * diag, height, width)] = 1.0
     if prompt.negative_points:
-        pts = _check_points(prompt.negative_points, height, width, "negative")
+        pts = _check_clicks(prompt.negative_points, height, width, "negative")
         prob[_disc_mask(pts, cfg.point_radius * diag, height, width)] = 0.0
     if not (prob > 0).any():
         raise PromptError("the prompt covers no pixel of the image")
@@ -196,10 +301,10 @@ def prompt_constraints(prompt: Prompt, height: int, width: int, config: PriorCon
     if prompt.box is not None:
         force_bg |= ~box_mask(prompt.box, height, width)
     if prompt.positive_points:
-        pts = _check_points(prompt.positive_points, height, width, "positive")
+        pts = _check_clicks(prompt.positive_points, height, width, "positive")
         force_fg |= _disc_mask(pts, cfg.point_radius * diag, height, width)
     if prompt.negative_points:
-        pts = _check_points(prompt.negative_points, height, width, "negative")
+        pts = _check_clicks(prompt.negative_points, height, width, "negative")
         neg = _disc_mask(pts, cfg.point_radius * diag, height, width)
         force_bg |= neg
         force_fg &= ~neg

@@ -49,7 +49,7 @@ def run(args) -> int:
 
     from backend.ls_format import FormatError, parse_label_config
     from backend.preannotation import Shard
-    from g4seg_core.cli.segment import parse_labels, parse_settings
+    from g4seg_core.cli.common import parse_labels, parse_settings
     from g4seg_core.method.config import RefinerConfig
     from g4seg_core.method.textseg import config_for
 

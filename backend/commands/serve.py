@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 
 from backend.settings import Settings
+from g4seg_core.cli.common import ENGINE_HELP
+from g4seg_core.engines.factory import ENGINE_CHOICES
 from g4seg_core.errors import UserError
 
 HELP = "Run the Label Studio ML backend (gunicorn; settings from the environment, port 9090 by default)."
@@ -19,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--port", type=int, help="port (PORT; default 9090)")
     parser.add_argument("--workers", type=int, help="worker processes, each with its own model (G4SEG_WORKERS; default 1)")
     parser.add_argument("--threads", type=int, help="request threads per worker (G4SEG_THREADS; default 8)")
-    parser.add_argument("--engine", help="g4seg, classic or auto (G4SEG_ENGINE; default auto)")
+    parser.add_argument("--engine", type=str.lower, choices=ENGINE_CHOICES, metavar="ENGINE",
+                        help=f"G4SEG_ENGINE; {ENGINE_HELP}")
     parser.add_argument("--model", help="diffusers folder or hub id of the weights (G4SEG_MODEL)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (G4SEG_DEVICE)")
     parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (G4SEG_DTYPE)")
@@ -58,7 +61,7 @@ def finish_writebacks(server, worker) -> None:
 def run(args) -> int:
     settings = Settings.from_env(
         host=args.host, port=args.port, workers=args.workers, threads=args.threads,
-        engine=args.engine.lower() if args.engine else None, model=args.model, device=args.device,
+        engine=args.engine, model=args.model, device=args.device,
         dtype=args.dtype, log_level=args.log_level.upper() if args.log_level else None,
     )
     if settings.port < 1 or settings.workers < 1 or settings.threads < 2:

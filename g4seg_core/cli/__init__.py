@@ -8,6 +8,7 @@ the core never names a backend module; a command is imported only when it runs, 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib.metadata import entry_points
 
@@ -26,6 +27,13 @@ def commands() -> dict:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Coordinates may be negative (a box that starts left of the image: --box -50,10,200,300).
+        # argparse takes a value only for a plain negative number; widen that to coordinate lists.
+        # No option of g4seg starts with "-" and a digit, so nothing is lost.
+        self._negative_number_matcher = re.compile(r"^-[\d.][\d.,;+\- ]*$")
+
     def error(self, message):  # one line, not the usage block
         self.exit(2, f"g4seg: error: {message}\n")
 

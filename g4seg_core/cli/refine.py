@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from g4seg_core.cli.common import add_engine_arguments, note
 from g4seg_core.errors import UserError
 
 HELP = "refine a rough mask, polygon, box, points or scribble on one image into a mask (0/255 PNG at the image's size)"
@@ -13,16 +14,13 @@ def add_arguments(parser) -> None:
     prior = parser.add_argument_group("the rough shape (one or more; points may add to a box or polygon)")
     prior.add_argument("--mask", help="a mask PNG of the image's size (non-zero = object)")
     prior.add_argument("--polygon", action="append", default=[], metavar='"x,y x,y ..."', help="polygon vertices in pixels (repeatable)")
-    prior.add_argument("--box", metavar="x0,y0,x1,y1", help="bounding box in pixels")
+    prior.add_argument("--box", metavar="x0,y0,x1,y1", help="bounding box in pixels (corners in any order)")
     prior.add_argument("--points", metavar='"x,y,+ x,y,-"', help="clicks in pixels, + inside the object, - outside")
     prior.add_argument("--scribble", action="append", default=[], metavar='"x,y x,y ..."', help="a stroke across the object (repeatable)")
     parser.add_argument("--label", required=True, help="class name, used in the prompt (e.g. cat)")
-    parser.add_argument("--out", required=True, help="output mask PNG (0/255)")
+    parser.add_argument("--out", required=True, help="output mask PNG (0/255); with --prob-out, both are written or neither")
     parser.add_argument("--prob-out", help="also write the foreground probability map as a .npy (float32, HxW)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="hub id or local diffusers folder (default: $G4SEG_MODEL or stabilityai/stable-diffusion-2-1-base)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    model.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto: fp16 on CUDA, bfloat16 on CPU)")
+    add_engine_arguments(parser)
     method = parser.add_argument_group("method settings (defaults: docs/method.md)")
     method.add_argument("--alpha", type=float, help="mask injection weight")
     method.add_argument("--beta", type=float, help="mixing coefficient of the probability update")
@@ -76,7 +74,7 @@ def parse_points(text: str):
 
 def build_prompt(args, height: int, width: int):
     from g4seg_core.images import load_mask
-    from g4seg_core.prompts import Prompt, rasterize_prompt
+    from g4seg_core.prompts import Prompt, edge_notes, rasterize_prompt
 
     prompt = Prompt(
         mask=load_mask(args.mask) if args.mask else None,
@@ -89,6 +87,8 @@ def build_prompt(args, height: int, width: int):
     if prompt.is_empty():
         raise UserError("give a rough shape: --mask, --polygon, --box, --points with a + point, or --scribble")
     rasterize_prompt(prompt, height, width)  # validate now, before loading the model
+    for text in edge_notes(prompt, height, width):
+        note(text)
     return prompt
 
 
@@ -102,29 +102,44 @@ def refiner_settings(args) -> dict:
 
 
 def run(args) -> int:
-    from g4seg_core.images import atomic_output, load_image, save_mask
+    from g4seg_core.engines.base import check_image
+    from g4seg_core.engines.factory import plan_engine
+    from g4seg_core.images import (
+        atomic_outputs,
+        check_writable,
+        load_image,
+        mask_png,
+        write_png,
+    )
     from g4seg_core.method.config import RefinerConfig
 
+    # Everything the user typed is checked before the model loads.
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must be a .png file, got {out}")
-    if args.prob_out and not args.prob_out.endswith(".npy"):
-        raise UserError(f"--prob-out must be a .npy file, got {args.prob_out}")
-    image = load_image(args.image)
-    prompt = build_prompt(args, *image.shape[:2])
-    config = RefinerConfig(**refiner_settings(args))
-    from g4seg_core.method.refiner import (
-        G4SegRefiner,  # torch and diffusers: only once the input is known to be good
-    )
-
-    refiner = G4SegRefiner.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=config)
-    result = refiner.refine(image, prompt, args.label)
-    save_mask(result.mask, out)
+    outputs = [check_writable(out, "--out")]
     if args.prob_out:
-        import numpy as np
+        if not args.prob_out.endswith(".npy"):
+            raise UserError(f"--prob-out must be a .npy file, got {args.prob_out}")
+        if Path(args.prob_out).resolve() == out.resolve():
+            raise UserError("--prob-out and --out name the same file")
+        outputs.append(check_writable(args.prob_out, "--prob-out"))
+    image = check_image(load_image(args.image))
+    prompt = build_prompt(args, *image.shape[:2])
+    settings = refiner_settings(args)
+    config = RefinerConfig(**settings)
+    plan = plan_engine(args.engine, args.model, args.device, args.dtype, fallback=args.model is None)
+    plan.check_labels([args.label], config.prompt_template)
+    if settings and plan.weights is None:
+        note(f"the method settings ({', '.join(settings)}) are G4Seg's; the {plan.name} engine ignores them")
 
-        with atomic_output(args.prob_out, suffix=".npy") as tmp:
-            np.save(tmp, result.probability)
-    print(f"{out}: {int(result.mask.sum())} of {result.mask.size} pixels ({refiner.version})")
+    engine = plan.load(settings).engine
+    result = engine.refine(image, prompt, args.label)
+    with atomic_outputs(outputs) as temps:
+        write_png(mask_png(result.mask), temps[0])
+        if args.prob_out:
+            import numpy as np
+
+            np.save(temps[1], result.probability)
+    print(f"{out}: {int(result.mask.sum())} of {result.mask.size} pixels ({engine.version})")
     return 0
-

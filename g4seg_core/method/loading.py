@@ -114,3 +114,17 @@ def _not_found(model: str, cache: str, why: str) -> str:
         f"{cache}; {why}. Point --model or G4SEG_MODEL at a local diffusers folder (safetensors), or fill the cache "
         f"once where the hub is reachable (hf download {model})."
     )
+
+
+def check_prompt_length(folder: Path, prompts: dict[str, str]) -> None:
+    """Each label's prompt fits the text encoder (CLIP: 77 tokens), checked with the model's own
+    tokenizer before the model loads; `prompts` maps a label to its full prompt."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    for label, prompt in prompts.items():
+        count = len(tokenizer(prompt, verbose=False).input_ids)
+        if count > tokenizer.model_max_length:
+            shown = label if len(label) <= 40 else label[:40] + "..."
+            raise SettingError(f"the class name {shown!r} is too long: its prompt is {count} tokens, the text "
+                               f"encoder takes {tokenizer.model_max_length}")

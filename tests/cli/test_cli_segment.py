@@ -69,6 +69,10 @@ def test_diffsegmenter_with_refinement(tiny_model_dir, image_path, tmp_path):
     (["--labels", "cat", "--setting", "gama=2"], "unknown iseg setting"),
     (["--labels", "cat", "--setting", "gamma"], "not KEY=VALUE"),
     (["--labels", "cat", "--refine-setting", "alpha=2"], "needs --refine"),
+    (["--labels", "cat", "--engine", "grabcut"], "--engine chooses the refinement: it needs --refine"),
+    (["--labels", "cat", "--refine", "--engine", "grabcut", "--refine-setting", "alpha=2"], "runs grabcut"),
+    (["--labels", "dog," + "very " * 80 + "big cat"], "is too long: its prompt is"),
+    (["--labels", "cat", "--device", "cuda:3"], "CUDA is not available"),
 ])
 def test_bad_arguments_are_one_line_errors(tiny_model_dir, image_path, tmp_path, capsys, argv, message):
     rc = main(["segment", str(image_path), *argv, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")])
@@ -83,3 +87,23 @@ def test_missing_image_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_out_that_cannot_be_written_fails_before_loading(tiny_model_dir, image_path, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    rc = main(["segment", str(image_path), "--labels", "cat", "--model", str(tiny_model_dir),
+               "--out", str(tmp_path / "file" / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "is a file, not a folder" in err, err
+
+
+def test_text_only_masks_refined_by_a_classic_engine(tiny_model_dir, image_path, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["segment", str(image_path), "--labels", "cat,dog", "--refine", "--engine", "grabcut",
+               "--setting", "working_size=64", "--model", str(tiny_model_dir), "--dtype", "float32",
+               "--out", str(out)])
+    assert rc == 0
+    info = json.loads((out / "labels.json").read_text())
+    assert info["version"].startswith("iseg:") and "+ grabcut(" in info["version"]
+    written = sorted(path.name for path in out.iterdir())
+    assert written == sorted(["cat.png", "dog.png", "labels.json", "labels.png", "overlay.png"])

@@ -6,6 +6,7 @@ from g4seg_core.prompts import (
     PriorConfig,
     Prompt,
     PromptError,
+    edge_notes,
     prompt_constraints,
     rasterize_prompt,
 )
@@ -66,8 +67,11 @@ def test_mask_prompt_accepts_0_255_and_bool():
         (Prompt(), "nothing to refine"),
         (Prompt(polygons=[[(1, 1), (5, 5)]]), "at least 3 points"),
         (Prompt(polygons=[[(1, 1), (2, 2), (3, 3)]]), "degenerate"),
-        (Prompt(polygons=[[(1, 1), (200, 2), (3, 30)]]), "outside"),
-        (Prompt(box=(60, 60, 70, 70)), "outside the image"),
+        (Prompt(polygons=[[(60, 1), (200, 2), (70, 30)]]), "polygon lies outside the 50x40 image"),
+        (Prompt(polygons=[[(1e300, 1), (2e300, 2), (1e300, 30)]]), "polygon lies outside"),
+        (Prompt(box=(60, 60, 70, 70)), "box is empty or lies outside the 50x40 image"),
+        (Prompt(scribbles=[[(-10, -10), (-5, -30)]]), "scribble lies outside the 50x40 image"),
+        (Prompt(polygons=[[(1, 1), (float("nan"), 2), (3, 30)]]), "non-finite"),
         (Prompt(mask=np.zeros((5, 5), bool)), "is 5x5 but the image is 50x40"),
         (Prompt(mask=np.zeros((40, 50), bool)), "covers no pixel"),
         (Prompt(positive_points=[(-1, 3)]), "outside"),
@@ -88,3 +92,35 @@ def test_saved_masks_are_readable_by_others_and_bad_bytes_say_so(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     with pytest.raises(ImageError, match="^cannot decode image: not a format Pillow can read$"):
         decode_image(b"plain text")
+
+
+# ---- the image edge: one rule for every kind --------------------------------------------------
+
+def test_shapes_past_the_edge_are_clipped_to_the_image_and_said_so():
+    h, w = 40, 50
+    # The same square, once drawn inside and once overshooting the left and top edges.
+    inside = rasterize_prompt(Prompt(polygons=[[(0, 0), (20, 0), (20, 10), (0, 10)]]), h, w)
+    over = Prompt(polygons=[[(-30, -1e6), (20, -1e6), (20, 10), (-30, 10)]])
+    np.testing.assert_array_equal(rasterize_prompt(over, h, w), inside)
+    assert edge_notes(over, h, w) == ["polygon 1 reaches past the 50x40 image: clipped to it"]
+    # A box: clipped, and said so; the same box reversed gives the same pixels.
+    box = Prompt(box=(-50, 10, 30, 1000))
+    expected = np.zeros((h, w), bool)
+    expected[10:, :30] = True
+    np.testing.assert_array_equal(rasterize_prompt(box, h, w) > 0, expected)
+    np.testing.assert_array_equal(rasterize_prompt(Prompt(box=(30, 1000, -50, 10)), h, w) > 0, expected)
+    assert edge_notes(box, h, w) == ["box reaches past the 50x40 image: clipped to (0, 10, 30, 40)"]
+    assert edge_notes(Prompt(box=(30, 1000, -50, 10)), h, w)[0].endswith("corners reversed: put in order")
+    # A stroke leaving the image keeps its inside part.
+    stroke = rasterize_prompt(Prompt(scribbles=[[(10, 20), (1e9, 20)]]), h, w)
+    assert (stroke[20, 10:] == 1.0).all() and stroke[:, :9].max() < 1.0  # left of its start: only the halo
+    # A click on the edge is on the image; nothing to note for shapes inside it.
+    assert rasterize_prompt(Prompt(positive_points=[(50, 40)]), h, w)[39, 49] == 1.0
+    assert edge_notes(Prompt(box=(1, 1, 20, 20), polygons=[[(1, 1), (9, 1), (9, 9)]]), h, w) == []
+
+
+def test_a_concave_polygon_clipped_keeps_exactly_its_inside_part():
+    # A U shape whose two arms leave the image at the top: clipping must not join the arms.
+    u = [(5, -20), (15, -20), (15, 20), (35, 20), (35, -20), (45, -20), (45, 30), (5, 30)]
+    big = rasterize_prompt(Prompt(polygons=[[(x, y + 40) for x, y in u]]), 120, 50)[40:80]
+    np.testing.assert_array_equal(rasterize_prompt(Prompt(polygons=[u]), 40, 50), big)
