@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-# Real photos with hand-made masks (read its README): beside the checkout, as on every machine of this project.
-WEIZMANN_DIR = Path(os.environ.get("G4SEG_WEIZMANN_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann_horse")
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +18,16 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def weizmann_dir():
+    """Real photos with hand-made masks (read its README), beside the checkout on every machine of
+    this project; G4SEG_WEIZMANN_DIR points elsewhere."""
+    path = Path(os.environ.get("G4SEG_WEIZMANN_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann_horse")
+    if not path.is_dir():
+        pytest.fail(f"the Weizmann Horse photos are not in {path} (set G4SEG_WEIZMANN_DIR)")
+    return path
 
 
 @pytest.fixture(scope="session")

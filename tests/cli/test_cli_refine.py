@@ -27,15 +27,11 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weizmann_sample(tmp_path_factory):
+def weizmann_sample(tmp_path_factory, weizmann_dir):
     """A real photo (resized to its hand-made mask) written as a JPEG, and the mask."""
-    from conftest import WEIZMANN_DIR
-
     from g4seg_core.evaluation.data import open_dataset
 
-    if not WEIZMANN_DIR.is_dir():
-        pytest.skip(f"the Weizmann Horse photos are not in {WEIZMANN_DIR}")
-    sample = open_dataset(f"weizmann:{WEIZMANN_DIR}:test").load(0)
+    sample = open_dataset(f"weizmann:{weizmann_dir}:test").load(0)
     path = tmp_path_factory.mktemp("photo") / f"{sample.id}.png"
     Image.fromarray(sample.image).save(path)
     return path, sample.objects[0].mask

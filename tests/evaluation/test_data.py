@@ -5,7 +5,6 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from conftest import WEIZMANN_DIR
 from PIL import Image
 
 from g4seg_core.evaluation.data import (
@@ -232,11 +231,8 @@ def test_data_spec_errors(spec, message):
         open_dataset(spec)
 
 
-WEIZMANN = WEIZMANN_DIR
-
-
-@pytest.mark.skipif(not WEIZMANN.is_dir(), reason=f"the Weizmann Horse photos are not in {WEIZMANN_DIR}")
-def test_weizmann_photos_are_resized_to_their_masks_and_split_without_overlap():
+def test_weizmann_photos_are_resized_to_their_masks_and_split_without_overlap(weizmann_dir):
+    WEIZMANN = weizmann_dir
     dev, test, everything = (open_dataset(f"weizmann:{WEIZMANN}:{s}") for s in ("dev", "test", "all"))
     assert (len(dev), len(test), len(everything)) == (82, 246, 328)
     assert not set(dev.ids) & set(test.ids) and set(dev.ids) | set(test.ids) == set(everything.ids)
