@@ -22,30 +22,40 @@ def whole_image_roi(height: int, width: int) -> Roi:
 
 
 def roi_around(prior: np.ndarray, margin: float, grid: int) -> Roi:
-    """A square around the prior's support with `margin` (fraction of its size) on each side.
+    """A square that holds the prior's bounding box plus `margin` (a fraction of the box's longer
+    side) on every side, wherever that span lies inside the image.
 
-    Side and corner are snapped to `grid` so that small edits of a shape map to the same region
-    (and so reuse the per-image cache). Falls back to the whole image when the square would not fit.
+    Its side and, away from the image edges, its corner are multiples of `grid`, so that small
+    edits of a shape map to the same region (and reuse the per-image cache). The whole image when
+    the square would not be smaller.
     """
     height, width = prior.shape
-    ys, xs = np.nonzero(prior > 0)
-    if len(xs) == 0:
+    rows = np.flatnonzero((prior > 0).any(axis=1))
+    cols = np.flatnonzero((prior > 0).any(axis=0))
+    if rows.size == 0:
         return whole_image_roi(height, width)
-    bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    side = int(np.ceil(max(bw, bh) * (1 + 2 * margin) / grid) * grid)
+    pad = margin * max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    # The span the square must hold, widened to the grid and cut to the image.
+    x_lo, x_hi = _span(cols[0] - pad, cols[-1] + 1 + pad, grid, width)
+    y_lo, y_hi = _span(rows[0] - pad, rows[-1] + 1 + pad, grid, height)
+    side = int(np.ceil(max(x_hi - x_lo, y_hi - y_lo) / grid) * grid)
     if side >= max(height, width):
         return whole_image_roi(height, width)
-    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-    x0 = _snap_inside(cx - side / 2, side, width, grid)
-    y0 = _snap_inside(cy - side / 2, side, height, grid)
-    return Roi(x0, y0, side)
+    return Roi(_place(x_lo, x_hi, side, width, grid), _place(y_lo, y_hi, side, height, grid), side)
 
 
-def _snap_inside(start: float, side: int, extent: int, grid: int) -> int:
+def _span(lo: float, hi: float, grid: int, extent: int) -> tuple[int, int]:
+    return max(0, int(np.floor(lo / grid)) * grid), min(extent, int(np.ceil(hi / grid)) * grid)
+
+
+def _place(lo: int, hi: int, side: int, extent: int, grid: int) -> int:
+    """The square's start: it holds [lo, hi), sits on the grid where it can, stays in the image."""
     if side > extent:  # centred, padded on both sides
         return (extent - side) // 2
-    snapped = int(round(start / grid) * grid)
-    return min(max(snapped, 0), extent - side)
+    # Grid starts that hold the span lie in [hi - side, lo] (lo is on the grid); take the most central.
+    centred = lo - (side - (hi - lo)) / 2
+    start = min(max(int(round(centred / grid)) * grid, int(np.ceil((hi - side) / grid)) * grid), lo)
+    return min(max(start, 0), extent - side)
 
 
 def crop(array: np.ndarray, roi: Roi, size: int, interpolation: int) -> np.ndarray:
