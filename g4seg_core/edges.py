@@ -19,21 +19,32 @@ def _mean(x: np.ndarray, radius: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: float, eps: float, subsample: int = 1) -> np.ndarray:
     """`src` (HxW) filtered with the colour image `guide` (HxWx3, uint8 or float in [0, 1]).
 
     `radius` is the window half-size in pixels; `eps` the regulariser (in squared guide units,
-    guide in [0, 1]): smaller follows weaker edges. Returns float32 HxW.
+    guide in [0, 1]): smaller follows weaker edges. `subsample` > 1 is the fast guided filter
+    (He & Sun 2015): the linear coefficients are fitted on images that much smaller and applied
+    to the full-resolution guide, so large windows on large photos stay cheap and the edges stay
+    those of the full image. Returns float32 HxW.
     """
     if guide.shape[:2] != src.shape[:2]:
         raise ValueError(f"guide {guide.shape[:2]} and src {src.shape[:2]} differ in size")
-    radius = max(1, int(radius))
-    I = guide.astype(np.float32)
+    full = guide.astype(np.float32)
     if guide.dtype == np.uint8:
-        I /= 255.0
-    if I.ndim == 2:
-        I = I[..., None]
+        full /= 255.0
+    if full.ndim == 2:
+        full = full[..., None]
     p = src.astype(np.float32)
+    height, width = p.shape
+    subsample = max(1, int(subsample))
+    if subsample > 1:
+        small = (max(1, round(width / subsample)), max(1, round(height / subsample)))
+        I = cv2.resize(full, small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], -1)
+        p = cv2.resize(p, small, interpolation=cv2.INTER_AREA)
+    else:
+        I = full
+    radius = max(1, int(round(radius / subsample)))
     mean_I = _mean(I, radius).reshape(I.shape)
     mean_p = _mean(p, radius)
     channels = I.shape[2]
@@ -49,7 +60,10 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     b_coef = mean_p - (a_coef * mean_I).sum(axis=-1)
     mean_a = _mean(a_coef, radius).reshape(a_coef.shape)
     mean_b = _mean(b_coef, radius)
-    return ((mean_a * I).sum(axis=-1) + mean_b).astype(np.float32)
+    if subsample > 1:
+        mean_a = cv2.resize(mean_a, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+        mean_b = cv2.resize(mean_b, (width, height), interpolation=cv2.INTER_LINEAR)
+    return ((mean_a * full).sum(axis=-1) + mean_b).astype(np.float32)
 
 
 def edge_aware_probability(image: np.ndarray, probability: np.ndarray, radius: int, eps: float = 1e-3) -> np.ndarray:

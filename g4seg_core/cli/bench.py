@@ -10,7 +10,8 @@ from g4seg_core.errors import UserError
 
 HELP = "benchmark refiners (G4Seg and classic peers) on coarse masks made from a dataset's exact masks"
 
-BENCH_METHODS = ("identity", "g4seg", "g4seg-oracle", "classic", "densecrf", "grabcut", "pamr")
+BENCH_METHODS = ("identity", "auto", "g4seg", "g4seg-oracle", "classic", "densecrf", "grabcut", "pamr")
+DEFAULT_METHODS = "identity,auto,densecrf,grabcut,pamr"
 
 
 def add_arguments(parser) -> None:
@@ -24,13 +25,18 @@ def add_arguments(parser) -> None:
              "pixels), dilate:R, erode:R, jitter:A (pixels), lowres:F, box[:MARGIN], points:K[:NEG], "
              "scribble[:K], pred:DIR (a base method's class-index PNGs named like the image ids) "
              f"(default {DEFAULT_COARSE})")
-    parser.add_argument("--methods", default="identity,g4seg,densecrf,grabcut,pamr", metavar="NAMES",
-                        help=f"comma-separated, from {', '.join(BENCH_METHODS)}; g4seg-oracle[:NOISE] is a ceiling, "
-                             "not a method: the refiner's machinery fed the ground truth (default identity,g4seg,densecrf,grabcut,pamr)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="NAMES",
+                        help=f"comma-separated, from {', '.join(BENCH_METHODS)}; auto is G4Seg when its weights are "
+                             "found, else the classic engine (said loudly); g4seg-oracle[:NOISE] is a ceiling, not a "
+                             "method: the refiner's machinery fed the ground truth, blurred and noised with NOISE "
+                             f"(default {DEFAULT_METHODS})")
     parser.add_argument("--model", default=None,
                         help="G4Seg weights: a hub id or a local folder (default: $G4SEG_MODEL, else the hub id)")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a refiner setting for g4seg and the oracle (docs/method.md), repeatable")
     parser.add_argument("--device", default="auto", help="torch device for g4seg: auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="auto", help="g4seg dtype: auto, float32, float16, bfloat16")
+    parser.add_argument("--decoder", default="auto", help="g4seg's fast RGB decoder: auto, none, a folder or hub id")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N images only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random coarse inputs (default 0)")
     parser.add_argument("--examples", type=int, default=3, metavar="K",
@@ -54,7 +60,10 @@ def _methods(text: str) -> list[str]:
 
 
 def run(args) -> int:
-    from g4seg_core.engines.factory import create_engine
+    from g4seg_core.cli.common import parse_settings
+    from g4seg_core.engines.factory import plan_engine
+    from g4seg_core.evaluation.oracle import ORACLE, parse_oracle
+    from g4seg_core.method.config import RefinerConfig
     from g4seg_core.evaluation.bench import (
         run_benchmark,
         write_examples,
@@ -77,11 +86,15 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     dataset = open_dataset(args.data)
+    settings = RefinerConfig.from_strings(parse_settings(args.setting, "--setting"))
     model = args.model or os.environ.get("G4SEG_MODEL") or None
+    # Every engine resolved (weights found, device and extras present) before any loads.
+    plans = {name: None if name.startswith(ORACLE) else plan_engine(name, model, args.device, args.dtype,
+                                                                              decoder=args.decoder)
+             for name in methods}
     engines = {}
-    for name in methods:
-        status = create_engine(name, model=model, device=args.device, dtype=args.dtype)
-        engines[name] = status.engine
+    for name, plan in plans.items():
+        engines[name] = parse_oracle(name, settings) if plan is None else plan.load(vars(settings)).engine
     result = run_benchmark(dataset, specs, engines, limit=args.limit, seed=args.seed,
                            examples=args.examples, progress=not args.no_progress)
     images = result.rows[0].images if result.rows else 0

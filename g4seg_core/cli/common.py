@@ -23,6 +23,10 @@ def add_engine_arguments(parser, engine: bool = True) -> None:
     group.add_argument("--model", help="Stable Diffusion weights: a hub id or a local diffusers folder (default: "
                                        "$G4SEG_MODEL, else stabilityai/stable-diffusion-2-1-base); a model named "
                                        "here must be found")
+    group.add_argument("--decoder", default="auto",
+                       help="fast RGB decoder (diffusers AutoencoderTiny, e.g. madebyollin/taesd): a hub id or a "
+                            "local folder; auto (default): $G4SEG_DECODER, else a taesd/ folder inside the model "
+                            "folder, else TAESD in the hub cache, else none; none: decode with the full VAE")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     group.add_argument("--dtype", default="auto",
                        help="auto, float32, bfloat16, float16 (default auto: float16 on CUDA, bfloat16 on CPU)")

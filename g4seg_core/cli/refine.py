@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     method.add_argument("--timestep", type=int, help="diffusion timestep of the one-step generation (50..400 sensible)")
     method.add_argument("--seed", type=int, help="noise seed")
     method.add_argument("--working-size", type=int, help="working resolution in pixels (default: the model's native size)")
-    method.add_argument("--space", choices=("rgb", "latent", "features"), help="discrepancy space")
+    method.add_argument("--space", choices=("auto", "rgb", "latent", "features"),
+                        help="discrepancy space (default auto: rgb with a fast decoder, else latent)")
     method.add_argument("--no-roi", action="store_true", help="refine the whole image instead of a crop around the shape")
 
 
@@ -128,7 +129,8 @@ def run(args) -> int:
     prompt = build_prompt(args, *image.shape[:2])
     settings = refiner_settings(args)
     config = RefinerConfig(**settings)
-    plan = plan_engine(args.engine, args.model, args.device, args.dtype, fallback=args.model is None)
+    plan = plan_engine(args.engine, args.model, args.device, args.dtype, fallback=args.model is None,
+                       decoder=args.decoder)
     plan.check_labels([args.label], config.prompt_template)
     if settings and plan.weights is None:
         note(f"the method settings ({', '.join(settings)}) are G4Seg's; the {plan.name} engine ignores them")

@@ -98,16 +98,16 @@ def run(args) -> int:
     check_writable(out / OVERLAY_NAME, "--out")
     image = check_image(load_image(args.image))
     # The text-only methods need the Stable Diffusion model whatever refines their masks.
-    plan = plan_engine("g4seg", args.model, args.device, args.dtype)
+    plan = plan_engine("g4seg", args.model, args.device, args.dtype, decoder=args.decoder)
     plan.check_labels(labels, config.prompt_template.format(config.class_phrase))
-    refine_plan = plan_engine(args.engine, args.model, args.device, args.dtype) if args.refine else None
+    refine_plan = plan_engine(args.engine, args.model, args.device, args.dtype, decoder=args.decoder) if args.refine else None
     if refine_settings and refine_plan.weights is None:
         raise UserError(f"--refine-setting sets G4Seg's refiner; --engine {args.engine} runs {refine_plan.name}")
 
     from g4seg_core.method.model import SDModel
     from g4seg_core.method.textseg import TextSegmenter, refine_segmentation
 
-    model = SDModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    model = SDModel.from_pretrained(args.model, device=args.device, dtype=args.dtype, decoder=args.decoder)
     segmenter = TextSegmenter(model, config)
     result = segmenter.segment(image, labels)
     version = segmenter.version

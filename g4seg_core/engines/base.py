@@ -78,6 +78,10 @@ class Engine:
         """Names the engine, the model and the settings (Label Studio's model_version)."""
         return self.name
 
+    def set_image(self, image: np.ndarray, key: str | None = None) -> None:
+        """Name the image the next refinements are on, so an engine that caches per-image work
+        (G4Seg) reuses it; `key` identifies the image (a task and URL, a path). Others ignore it."""
+
     def refine_probability(self, image: np.ndarray, prior: np.ndarray, label: str) -> np.ndarray:
         raise NotImplementedError
 

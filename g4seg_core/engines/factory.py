@@ -35,6 +35,7 @@ class EnginePlan:
     device: str = "auto"
     dtype: str = "auto"
     warning: str | None = None
+    decoder: str | None = "auto"
 
     def check_labels(self, labels: list[str], prompt_template: str | None = None) -> None:
         """Each label non-empty and, for G4Seg, short enough for the text encoder's prompt."""
@@ -51,14 +52,15 @@ class EnginePlan:
     def load(self, settings: dict | None = None) -> EngineStatus:
         """`settings` are RefinerConfig fields for g4seg (ignored by classic engines)."""
         if self.weights is not None:
-            return EngineStatus(self.requested, _g4seg(str(self.weights), self.model, self.device, self.dtype, settings))
+            return EngineStatus(self.requested, _g4seg(str(self.weights), self.model, self.device, self.dtype, settings,
+                                                       self.decoder))
         if self.warning:
             log.warning("!" * 20 + " %s", self.warning)
         return EngineStatus(self.requested, _classic(self.name), self.warning)
 
 
 def plan_engine(name: str = "auto", model: str | None = None, device: str = "auto", dtype: str = "auto",
-                fallback: bool = True) -> EnginePlan:
+                fallback: bool = True, decoder: str | None = "auto") -> EnginePlan:
     """Resolve `name` without loading weights: `auto` is G4Seg when its weights are found, else
     (when `fallback`) the classic engine, with a warning that says why. Device and dtype are
     checked here too. `fallback=False` makes missing weights an error for `auto` as for `g4seg`
@@ -68,6 +70,7 @@ def plan_engine(name: str = "auto", model: str | None = None, device: str = "aut
         raise SettingError(f"unknown engine {name!r} (choose from {', '.join(ENGINE_CHOICES)})")
     if name in ("g4seg", "auto"):
         from g4seg_core.method.loading import (
+            locate_decoder,
             locate_weights,
             resolve_device,
             resolve_dtype,
@@ -76,7 +79,10 @@ def plan_engine(name: str = "auto", model: str | None = None, device: str = "aut
         dev = resolve_device(device)
         resolve_dtype(dtype, dev)
         try:
-            return EnginePlan(name, "g4seg", model, locate_weights(model), device, dtype)
+            weights = locate_weights(model)
+            if decoder and decoder.lower() not in ("auto", "none"):
+                locate_decoder(decoder)  # a decoder named must be found, before anything loads
+            return EnginePlan(name, "g4seg", model, weights, device, dtype, decoder=decoder)
         except WeightsNotFoundError as exc:
             if name == "g4seg" or not fallback:
                 raise
@@ -91,6 +97,12 @@ def plan_engine(name: str = "auto", model: str | None = None, device: str = "aut
         from g4seg_core.engines.classic import CLASSIC_ENGINE
 
         return EnginePlan(name, CLASSIC_ENGINE)
+    if name == "densecrf":
+        import importlib.util
+
+        if importlib.util.find_spec("pydensecrf") is None:
+            raise SettingError("the densecrf engine needs the optional dense-CRF package: pip install 'g4seg[crf]' "
+                               "(it builds from source: a C compiler is needed)")
     return EnginePlan(name, name)
 
 
@@ -105,12 +117,12 @@ def create_engine(
     return plan_engine(name, model, device, dtype).load(settings)
 
 
-def _g4seg(folder: str, model: str | None, device, dtype, settings) -> Engine:
+def _g4seg(folder: str, model: str | None, device, dtype, settings, decoder) -> Engine:
     from g4seg_core.method.config import RefinerConfig
     from g4seg_core.method.refiner import G4SegRefiner
 
     config = RefinerConfig(**(settings or {}))
-    return G4SegRefiner.from_pretrained(model or folder, device=device, dtype=dtype, config=config)
+    return G4SegRefiner.from_pretrained(model or folder, device=device, dtype=dtype, config=config, decoder=decoder)
 
 
 def _classic(name: str) -> Engine:

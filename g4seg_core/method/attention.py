@@ -9,7 +9,9 @@ Injection adds a bias to the pre-softmax logits (the method page, step 4):
   self-attention:  +alpha*s*(2*(m_i*m_j + (1-m_i)*(1-m_j)) - 1).
 Both biases are low-rank, so they are folded into extra query/key channels and the layer still
 runs one fused scaled-dot-product attention (no HW x HW logits held in memory). `s` is the
-per-head logit range, estimated on a strided sample of at most `range_sample` queries.
+exact per-head logit range (max - min over every query and key) of the layer on the reference
+pass: recorded once per region (`AttentionControl.record_ranges`) and reused by every
+mask-conditioned pass, so each iteration pays nothing for it.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ class MaskInjection:
     cross: bool = True
     self_attn: bool = True
     resolutions: tuple[int, ...] | None = None  # side lengths (min of h, w) to inject at; None: all
-    range_sample: int = 256
+    # Per layer name: (B, heads, 1, 1) logit ranges of the reference pass; a layer without one
+    # computes the exact range of its own logits.
+    ranges: dict | None = None
     _projected: dict = field(default_factory=dict, repr=False)
 
     def active(self, is_cross: bool, side: int) -> bool:
@@ -84,6 +88,7 @@ class AttentionControl:
         self.latent_hw: tuple[int, int] | None = None
         self.injection: MaskInjection | None = None
         self.capture: AttentionCapture | None = None
+        self.record_ranges: dict | None = None  # when set, each layer stores its exact logit range here
 
     def layer_hw(self, tokens: int) -> tuple[int, int]:
         h, w = self.latent_hw
@@ -91,19 +96,24 @@ class AttentionControl:
         return max(1, round(h / factor)), max(1, round(w / factor))
 
 
-def _logit_range(q: torch.Tensor, k: torch.Tensor, scale: float, sample: int) -> torch.Tensor:
-    """Per (batch, head) max-min of the logits q.k*scale, on a strided sample of queries: (B, H, 1, 1)."""
-    n = q.shape[2]
-    step = max(1, n // sample)
-    logits = torch.matmul(q[:, :, ::step].float(), k.float().transpose(-1, -2)) * scale
-    return (logits.amax(dim=(-1, -2)) - logits.amin(dim=(-1, -2)))[..., None, None]
+def logit_range(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = 1024) -> torch.Tensor:
+    """Per (batch, head) max - min of the logits q.k*scale over every query and key: (B, H, 1, 1).
+    Queries go in chunks so that no more than chunk x keys logits are held at once."""
+    top = bottom = None
+    for start in range(0, q.shape[2], chunk):
+        logits = torch.matmul(q[:, :, start : start + chunk].float(), k.float().transpose(-1, -2)) * scale
+        hi, lo = logits.amax(dim=(-1, -2)), logits.amin(dim=(-1, -2))
+        top = hi if top is None else torch.maximum(top, hi)
+        bottom = lo if bottom is None else torch.minimum(bottom, lo)
+    return (top - bottom)[..., None, None]
 
 
 class G4SegAttnProcessor:
     """Scaled-dot-product attention with optional mask injection and capture (see module docstring)."""
 
-    def __init__(self, control: AttentionControl):
+    def __init__(self, control: AttentionControl, name: str = ""):
         self.control = control
+        self.name = name  # the layer's name: the key of its recorded logit range
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         is_cross = encoder_hidden_states is not None
@@ -145,7 +155,8 @@ class G4SegAttnProcessor:
             capture.add(is_cross, side, probs)
             out = torch.matmul(probs.to(value.dtype), value)
         elif injection is not None:
-            s = _logit_range(query, key, attn.scale, injection.range_sample) * injection.alpha  # (B, H, 1, 1)
+            recorded = injection.ranges.get(self.name) if injection.ranges else None
+            s = (recorded if recorded is not None else logit_range(query, key, attn.scale)) * injection.alpha  # (B, H, 1, 1)
             m = injection.projected(hw).to(query.dtype)[:, None, :, None]  # (B, 1, N, 1)
             q_scaled = query * attn.scale
             if is_cross:
@@ -166,6 +177,8 @@ class G4SegAttnProcessor:
             v_pad = F.pad(value, (0, width - head_dim))
             out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, dropout_p=0.0, scale=1.0)[..., :head_dim]
         else:
+            if control.record_ranges is not None:
+                control.record_ranges[self.name] = logit_range(query, key, attn.scale)
             out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
@@ -179,6 +192,5 @@ class G4SegAttnProcessor:
 
 
 def install_processors(unet, control: AttentionControl) -> None:
-    """Swap a G4SegAttnProcessor into every attention layer of `unet` (one instance shared)."""
-    processor = G4SegAttnProcessor(control)
-    unet.set_attn_processor({name: processor for name in unet.attn_processors})
+    """Swap a G4SegAttnProcessor into every attention layer of `unet`, each knowing its layer's name."""
+    unet.set_attn_processor({name: G4SegAttnProcessor(control, name) for name in unet.attn_processors})

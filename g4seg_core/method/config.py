@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 from g4seg_core.errors import SettingError
 
-DISCREPANCY_SPACES = ("rgb", "latent", "features")
+DISCREPANCY_SPACES = ("auto", "rgb", "latent", "features")
 
 
 @dataclass(frozen=True)
@@ -23,21 +23,32 @@ class RefinerConfig:
     injection_resolutions: tuple[int, ...] | None = None  # attention side lengths; None: all
 
     # Discrepancy (local symmetric Hausdorff distance)
-    discrepancy_space: str = "rgb"  # rgb | latent | features
+    # auto: rgb when the model has a fast decoder (TAESD), else latent (the cheapest); rgb without a
+    # fast decoder decodes with the full VAE (2-4 UNet calls' worth on a CPU).
+    discrepancy_space: str = "auto"  # auto | rgb | latent | features
     hausdorff_window: int = 5  # window side, in latent pixels
-    discrepancy_max_size: int = 128  # RGB discrepancy is computed at most at this side (cost bound)
-    # RGB space: latents are area-resized so the VAE decodes at most this side (0: the working size).
-    # Decoding dominates a CPU refine otherwise, and the discrepancy is compared at 128 px anyway.
-    rgb_decode_size: int = 256
+    # RGB space: the full-resolution decode is area-reduced to this side for the comparison, never
+    # below the latent side (one value per latent pixel at least: coarser cells blur every boundary).
+    discrepancy_max_size: int = 128
     robust_percentile: float = 95.0
 
     # Confusion area and update
     confusion_delta: float = 0.3
     boundary_band: float = 0.03  # fraction of the working image's diagonal
+    # A hard prior (0/1) enters soft: a sigmoid of the signed distance to its boundary, this
+    # fraction of the boundary band wide, so that pixels just outside can cross the threshold on
+    # the first pass (with a 0/1 prior and beta 0.5 an outside pixel could only reach 0.5).
+    prior_softness: float = 0.25
     beta: float = 0.5
     iterations: int = 3
-    early_stop: bool = True
+    early_stop: bool = True  # stop once nothing can change: the mask held and every target agrees with it
     threshold: float = 0.5
+
+    # Edge-aware final step: the probability brought to image resolution by a guided filter with
+    # the image as guide (window radius in discrepancy cells; eps in squared [0,1] colour units).
+    edge_aware: bool = True
+    edge_radius: float = 1.0
+    edge_eps: float = 1e-3
 
     # Region of interest
     roi: bool = True
@@ -65,8 +76,10 @@ class RefinerConfig:
             (0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}"),
             (self.roi_margin >= 0, f"roi_margin must be >= 0, got {self.roi_margin}"),
             (self.roi_grid >= 1, f"roi_grid must be >= 1, got {self.roi_grid}"),
-            (self.rgb_decode_size == 0 or (self.rgb_decode_size >= 64 and self.rgb_decode_size % 8 == 0),
-             f"rgb_decode_size must be 0 or a multiple of 8 >= 64, got {self.rgb_decode_size}"),
+            (self.discrepancy_max_size >= 8, f"discrepancy_max_size must be >= 8, got {self.discrepancy_max_size}"),
+            (self.prior_softness >= 0, f"prior_softness must be >= 0, got {self.prior_softness}"),
+            (self.edge_radius > 0, f"edge_radius must be > 0, got {self.edge_radius}"),
+            (self.edge_eps > 0, f"edge_eps must be > 0, got {self.edge_eps}"),
             (self.working_size is None or self.working_size >= 64,
              f"working_size must be >= 64, got {self.working_size}"),
             ("{}" in self.prompt_template, "prompt_template must contain {} for the class name"),

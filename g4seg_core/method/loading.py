@@ -26,6 +26,11 @@ ALLOW_PATTERNS = [
 ]
 
 
+# The fast decoder for the RGB discrepancy: TAESD (AutoencoderTiny) for SD 1.x/2.x latents.
+DEFAULT_DECODER = "madebyollin/taesd"
+DECODER_PATTERNS = ["config.json", "*.safetensors"]
+
+
 def default_model() -> str:
     return os.environ.get("G4SEG_MODEL") or DEFAULT_MODEL
 
@@ -78,28 +83,44 @@ def _check_safetensors(folder: Path) -> None:
 def locate_weights(model: str | None = None) -> Path:
     """The local folder holding `model`'s weights, downloading from the hub only if allowed and needed."""
     model = model or default_model()
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")):
+    return _locate(model, ALLOW_PATTERNS, _check_safetensors, "Stable Diffusion weights", "--model or G4SEG_MODEL")
+
+
+def locate_decoder(decoder: str) -> Path:
+    """The folder of a fast decoder (diffusers AutoencoderTiny: config.json and safetensors), found
+    like the main weights: a local folder, else the hub cache, else the hub when allowed."""
+    return _locate(decoder, DECODER_PATTERNS, _check_decoder, "fast decoder", "--decoder or G4SEG_DECODER")
+
+
+def _check_decoder(folder: Path) -> None:
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise WeightsNotFoundError(f"{folder} is not an AutoencoderTiny folder (config.json and .safetensors weights)")
+
+
+def _locate(name: str, patterns: list[str], check, what: str, option: str) -> Path:
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
         if not path.is_dir():
-            raise WeightsNotFoundError(f"model folder {path} does not exist; point --model / G4SEG_MODEL at a diffusers folder or a hub id")
-        _check_safetensors(path)
+            raise WeightsNotFoundError(f"{what} folder {path} does not exist; point {option} at a diffusers folder or a hub id")
+        check(path)
         return path
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
 
     try:
-        folder = Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
-        _check_safetensors(folder)
+        folder = Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+        check(folder)
         return folder
     except Exception as cached_error:  # not cached (or incomplete): try the hub if allowed
         if HF_HUB_OFFLINE:
-            raise WeightsNotFoundError(_not_found(model, HF_HUB_CACHE, f"not in the cache ({_one_line(cached_error)}) and HF_HUB_OFFLINE=1")) from None
+            raise WeightsNotFoundError(_not_found(what, name, HF_HUB_CACHE, option,
+                                                  f"not in the cache ({_one_line(cached_error)}) and HF_HUB_OFFLINE=1")) from None
     try:
-        folder = Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS))
+        folder = Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as exc:
-        raise WeightsNotFoundError(_not_found(model, HF_HUB_CACHE, f"download failed: {_one_line(exc)}")) from None
-    _check_safetensors(folder)
+        raise WeightsNotFoundError(_not_found(what, name, HF_HUB_CACHE, option, f"download failed: {_one_line(exc)}")) from None
+    check(folder)
     return folder
 
 
@@ -108,10 +129,10 @@ def _one_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _not_found(model: str, cache: str, why: str) -> str:
+def _not_found(what: str, model: str, cache: str, option: str, why: str) -> str:
     return (
-        f"Stable Diffusion weights {model!r} not found: looked for a local folder of that name and in the hub cache "
-        f"{cache}; {why}. Point --model or G4SEG_MODEL at a local diffusers folder (safetensors), or fill the cache "
+        f"{what} {model!r} not found: looked for a local folder of that name and in the hub cache "
+        f"{cache}; {why}. Point {option} at a local diffusers folder (safetensors), or fill the cache "
         f"once where the hub is reachable (hf download {model})."
     )
 

@@ -7,6 +7,7 @@ the text-only segmenters build on it.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,10 @@ from g4seg_core.method.attention import (
     install_processors,
 )
 from g4seg_core.method.loading import (
+    DECODER_PATTERNS,
+    DEFAULT_DECODER,
     default_model,
+    locate_decoder,
     locate_weights,
     resolve_device,
     resolve_dtype,
@@ -32,8 +36,10 @@ log = logging.getLogger(__name__)
 
 class SDModel:
     def __init__(self, unet, vae, text_encoder, tokenizer, alphas_cumprod, prediction_type="epsilon", name="model",
-                 is_tiny=False):
+                 is_tiny=False, fast_decoder=None):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        # Optional diffusers AutoencoderTiny (TAESD): decodes latents to RGB for a fraction of the VAE's cost.
+        self.fast_decoder = fast_decoder
         self.alphas_cumprod = alphas_cumprod.float().cpu()
         self.prediction_type = prediction_type
         self.name = name
@@ -49,20 +55,27 @@ class SDModel:
         self._want_features = False
         # Decoder features at latent resolution, for the "features" discrepancy space.
         unet.up_blocks[-1].register_forward_hook(self._keep_features)
-        for module in (unet, vae, text_encoder):
-            module.eval().requires_grad_(False)
+        for module in (unet, vae, text_encoder, fast_decoder):
+            if module is not None:
+                module.eval().requires_grad_(False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str | None = None, device: str = "auto", dtype: str = "auto") -> "SDModel":
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    def from_pretrained(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                        decoder: str | None = "auto") -> "SDModel":
+        """`decoder`: the fast RGB decoder (`resolve_decoder`): auto, none, a folder or a hub id."""
+        from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         model = model or default_model()
         folder = locate_weights(model)
+        decoder_folder = resolve_decoder(decoder, folder)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         kwargs = dict(use_safetensors=True, local_files_only=True, torch_dtype=dt)
+        fast_decoder = None
+        if decoder_folder is not None:
+            fast_decoder = AutoencoderTiny.from_pretrained(decoder_folder, **kwargs).to(dev)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs).to(dev)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs).to(dev)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True,
@@ -74,7 +87,7 @@ class SDModel:
             log.warning("%s is g4seg's tiny random-weight model: its masks are meaningless (tests and demos only)", folder)
         name = Path(model).name if Path(model).exists() else model
         return cls(unet, vae, text_encoder, tokenizer, scheduler.alphas_cumprod,
-                   scheduler.config.prediction_type, name=name, is_tiny=is_tiny)
+                   scheduler.config.prediction_type, name=name, is_tiny=is_tiny, fast_decoder=fast_decoder)
 
     # ---- sizes ----------------------------------------------------------------------------
     @property
@@ -120,8 +133,11 @@ class SDModel:
         return posterior.mean * self.scaling_factor
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> (B, 3, H, W) in [-1, 1] (float32)."""
+    def decode_latents(self, latents: torch.Tensor, fast: bool = True) -> torch.Tensor:
+        """Latents -> (B, 3, H, W) in [-1, 1] (float32); by the fast decoder when there is one."""
+        if fast and self.fast_decoder is not None:
+            self.calls["fast_decode"] += 1  # TAESD takes the UNet's (scaled) latents as they are
+            return self.fast_decoder.decode(latents.to(self.dtype)).sample.float().clamp(-1, 1)
         self.calls["vae_decode"] += 1
         return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample.float().clamp(-1, 1)
 
@@ -162,7 +178,31 @@ class SDModel:
 
     def describe(self) -> dict:
         return {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "tiny": self.is_tiny}
+                "tiny": self.is_tiny, "fast_decoder": self.fast_decoder is not None}
+
+
+def resolve_decoder(decoder: str | None, model_folder: Path) -> Path | None:
+    """The fast decoder's folder, or None. `auto`: $G4SEG_DECODER when set, else a `taesd/`
+    folder inside the model folder, else TAESD in the hub cache (never downloaded for auto);
+    `none`: no fast decoder; anything else is a folder or hub id that must be found."""
+    choice = (decoder or "none").strip()
+    if choice.lower() == "auto":
+        choice = os.environ.get("G4SEG_DECODER", "").strip() or "auto"
+    if choice.lower() == "none":
+        return None
+    if choice.lower() != "auto":
+        return locate_decoder(choice)
+    inside = model_folder / "taesd"
+    if inside.is_dir():
+        return locate_decoder(str(inside))
+    try:
+        from huggingface_hub import snapshot_download
+
+        cached = Path(snapshot_download(DEFAULT_DECODER, allow_patterns=DECODER_PATTERNS, local_files_only=True))
+        return locate_decoder(str(cached))
+    except Exception:
+        log.info("no fast decoder found (%s is not cached): the RGB discrepancy would use the full VAE", DEFAULT_DECODER)
+        return None
 
 
 @contextmanager

@@ -1,12 +1,19 @@
-"""The G4Seg refiner: one loaded model, per-image caches, and the refinement loop of the method page.
+"""The G4Seg refiner: one loaded model, per-image caches, and the method's discrepancy signal.
 
-Like segment-anything's predictor, the expensive per-image work is cached: the VAE encoding of a
-region of interest (per image and ROI), the reference pass (per image, ROI and class) and the text
-embedding (per class). A second refine on the same image pays only for its mask-conditioned passes.
+The machinery around the signal (region of interest, soft prior, confusion area, update,
+iterations, paste-back, edge-aware final step) is `refinement.SignalRefiner`; this module supplies
+what needs the model: the mask-conditioned one-step generation and its local Hausdorff distance to
+the reference generation.
+
+Like segment-anything's predictor, per-image work is cached behind an explicit `set_image`: the
+caller names the image (a task and its URL, a file path), so a click never hashes the photo. Cached
+are the VAE encoding of a region of interest (per image and ROI), the reference pass with its
+per-layer logit ranges (per image, ROI and class) and the text embedding (per class). A second
+refine on the same image pays only for its mask-conditioned passes.
 """
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
 from dataclasses import dataclass, replace
 
@@ -16,52 +23,31 @@ import torch
 import torch.nn.functional as F
 
 from g4seg_core.cache import LRUCache
-from g4seg_core.engines.base import (
-    Engine,
-    apply_constraints,
-    as_probability,
-    check_image,
-)
+from g4seg_core.engines.base import check_image
 from g4seg_core.method.attention import MaskInjection
 from g4seg_core.method.config import RefinerConfig
-from g4seg_core.method.discrepancy import local_hausdorff, robust_normalize
+from g4seg_core.method.discrepancy import discrepancy_side, local_hausdorff, resolve_space
 from g4seg_core.method.model import SDModel
-from g4seg_core.method.roi import (
-    Roi,
-    confusion_area,
-    crop,
-    paste,
-    roi_around,
-    whole_image_roi,
-)
-from g4seg_core.prompts import Prompt
+from g4seg_core.method.refinement import RegionItem, Signal, SignalRefiner
+from g4seg_core.method.roi import crop
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _RoiState:
-    z_t: torch.Tensor  # noised latent of the ROI, (1, 4, h, w)
+_anonymous = itertools.count()
 
 
 @dataclass
 class _Reference:
-    x0: torch.Tensor  # one-step estimate without injection
-    space: torch.Tensor  # x0 in the discrepancy space, (C, H, W)
+    """The reference pass of one region and class."""
+
+    z_t: torch.Tensor  # noised latent of the region, (1, 4, h, w)
+    space: torch.Tensor  # the one-step generation in the discrepancy space, (1, C, H, W)
+    ranges: dict  # layer name -> (1, heads, 1, 1) exact logit range
+    text: torch.Tensor  # (1, L, D)
+    token_mask: torch.Tensor  # (1, L)
 
 
-@dataclass
-class RefineTrace:
-    """A refinement with what happened on the way (for tests, debugging and benchmarks)."""
-
-    probability: np.ndarray  # HxW float32, image size
-    mask: np.ndarray  # HxW bool
-    confusion: np.ndarray  # HxW bool: where the probability was allowed to change
-    iterations: int  # mask-conditioned passes run
-    roi: Roi
-
-
-class G4SegRefiner(Engine):
+class G4SegRefiner(SignalRefiner):
     name = "g4seg"
 
     def __init__(self, model: SDModel, config: RefinerConfig | None = None):
@@ -69,100 +55,84 @@ class G4SegRefiner(Engine):
         self.config = config or RefinerConfig()
         self.working_size = model.working_size(self.config.working_size)
         self.threshold = self.config.threshold
-        self._rois = LRUCache(self.config.cache_images)
+        self.space = resolve_space(self.config.discrepancy_space, model.fast_decoder is not None)
+        self.signal_side = discrepancy_side(self.space, self.working_size, model.vae_scale_factor,
+                                            self.config.discrepancy_max_size)
+        self._latents = LRUCache(self.config.cache_images)
         self._references = LRUCache(self.config.cache_references)
         self._texts = LRUCache(self.config.cache_texts)
+        self._image: np.ndarray | None = None
+        self._image_key: str | None = None
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                        config: RefinerConfig | None = None) -> "G4SegRefiner":
-        return cls(SDModel.from_pretrained(model, device=device, dtype=dtype), config)
+                        config: RefinerConfig | None = None, decoder: str | None = "auto") -> "G4SegRefiner":
+        return cls(SDModel.from_pretrained(model, device=device, dtype=dtype, decoder=decoder), config)
 
     @property
     def version(self) -> str:
         tiny = "-TINY-RANDOM" if self.model.is_tiny else ""
-        settings = replace(self.config, working_size=self.working_size).short()
+        settings = replace(self.config, working_size=self.working_size, discrepancy_space=self.space).short()
         return f"g4seg:{self.model.name}{tiny}:{str(self.model.dtype).replace('torch.', '')}:{settings}"
 
     def clear_caches(self) -> None:
-        for cache in (self._rois, self._references, self._texts):
+        for cache in (self._latents, self._references, self._texts):
             cache.clear()
 
-    # ---- Engine interface -----------------------------------------------------------------
-    def refine_probability(self, image: np.ndarray, prior: np.ndarray, label: str) -> np.ndarray:
-        return self._refine(image, prior, label).probability
+    def set_image(self, image: np.ndarray, key: str | None = None) -> None:
+        """The image the next refinements are on, named by `key` (a task and URL, a path): its
+        per-image work is cached under that name. Without a key the image counts as new."""
+        self._image = np.asarray(image)
+        self._image_key = key if key is not None else f"unnamed-{next(_anonymous)}"
 
-    def refine_trace(self, image: np.ndarray, prompt: Prompt | np.ndarray, label: str) -> RefineTrace:
-        """Like `refine`, with the confusion area, iteration count and ROI."""
+    def _key(self, image: np.ndarray) -> str:
+        """The set image's key when `image` is (a view of) it; otherwise it becomes the set image."""
+        held = self._image
+        if held is None or image.shape[:2] != held.shape[:2] or not np.may_share_memory(image, held):
+            self.set_image(image)
+        return self._image_key
+
+    # ---- the signal -----------------------------------------------------------------------
+    def make_signal(self, image: np.ndarray, items: list[RegionItem]) -> Signal:
         image = check_image(image)
-        trace = self._refine(image, as_probability(image, prompt), label)
-        apply_constraints(trace.probability, prompt)
-        trace.mask = trace.probability > self.threshold
-        return trace
+        key = self._key(image)
+        return _G4SegSignal(self, self._references_for(image, key, items))
 
-    # ---- the method -----------------------------------------------------------------------
-    def _refine(self, image: np.ndarray, prior: np.ndarray, label: str) -> RefineTrace:
-        cfg, size = self.config, self.working_size
-        height, width = prior.shape
-        roi = roi_around(prior, cfg.roi_margin, cfg.roi_grid) if cfg.roi else whole_image_roi(height, width)
-        image_key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
+    def _references_for(self, image, key: str, items: list[RegionItem]) -> list[_Reference]:
+        """Each item's reference, from the cache or from one batched reference pass for the missing."""
+        keys = [(key, it.roi, it.label) for it in items]
+        found = {k: self._references.get(k) for k in set(keys)}
+        missing = [k for k in dict.fromkeys(keys) if found[k] is None]
+        if missing:
+            cfg = self.config
+            z_t = torch.cat([self._noised_latent(image, key, roi) for _, roi, _ in missing])
+            texts = [self._text(label) for _, _, label in missing]
+            text = torch.cat([t for t, _ in texts])
+            ranges: dict = {}
+            self.model.control.record_ranges = ranges
+            try:
+                x0 = self.model.predict_x0(z_t, cfg.timestep, text, keep_features=self.space == "features")
+            finally:
+                self.model.control.record_ranges = None
+            space = self.to_space(x0)
+            for i, k in enumerate(missing):
+                ref = _Reference(z_t[i : i + 1], space[i : i + 1], {n: r[i : i + 1] for n, r in ranges.items()},
+                                 texts[i][0], texts[i][1])
+                self._references.put(k, ref)
+                found[k] = ref
+        return [found[k] for k in keys]
 
-        state = self._roi_state(image, image_key, roi)
-        text, token_mask = self._text(label)
-        reference = self._reference(image_key, roi, label, state, text)
-
-        p0 = crop(prior, roi, size, cv2.INTER_LINEAR)
-        prob = p0.copy()
-        mask = prob > cfg.threshold
-        band_px = cfg.boundary_band * size * np.sqrt(2)
-        touched = np.zeros_like(mask)
-        passes = 0
-        for _ in range(cfg.iterations):
-            area = confusion_area(prob, mask, cfg.confusion_delta, band_px)
-            if not area.any():
-                break
-            injection = MaskInjection(
-                mask=torch.from_numpy(mask.astype(np.float32))[None].to(self.model.device),
-                token_mask=token_mask, alpha=cfg.alpha, cross=cfg.inject_cross, self_attn=cfg.inject_self,
-                resolutions=cfg.injection_resolutions,
-            )
-            x0 = self.model.predict_x0(state.z_t, cfg.timestep, text, injection=injection,
-                                       keep_features=cfg.discrepancy_space == "features")
-            passes += 1
-            generated = self._to_space(x0)
-            d = local_hausdorff(generated, reference.space, self._radius(reference.space.shape[-1], state.z_t.shape[-1]))
-            d = robust_normalize(d, cfg.robust_percentile)
-            d = F.interpolate(d[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-            d = d.cpu().numpy()
-            # A pixel whose content changed when the mask was forced on it is probably mislabelled.
-            target = np.where(mask, 1.0 - d, d)
-            prob = np.where(area, cfg.beta * prob + (1.0 - cfg.beta) * target, prob).astype(np.float32)
-            touched |= area
-            new_mask = prob > cfg.threshold
-            changed = (new_mask != mask).any()
-            mask = new_mask
-            if cfg.early_stop and not changed:
-                break
-
-        delta = paste(prob - p0, roi, height, width)
-        probability = np.clip(prior + delta, 0.0, 1.0).astype(np.float32)
-        confusion = paste(touched.astype(np.float32), roi, height, width) > 0
-        return RefineTrace(probability, probability > cfg.threshold, confusion, passes, roi)
-
-    def _radius(self, space_side: int, latent_side: int) -> int:
-        return int(round((self.config.hausdorff_window // 2) * space_side / latent_side))
-
-    def _roi_state(self, image: np.ndarray, image_key: str, roi: Roi) -> _RoiState:
-        key = (image_key, roi)
-        state = self._rois.get(key)
-        if state is None:
-            pixels = crop(image, roi, self.working_size, cv2.INTER_AREA if roi.side > self.working_size else cv2.INTER_CUBIC)
+    def _noised_latent(self, image: np.ndarray, key: str, roi) -> torch.Tensor:
+        cached = self._latents.get((key, roi))
+        if cached is None:
+            size = self.working_size
+            pixels = crop(image, roi, size, cv2.INTER_AREA if roi.side > size else cv2.INTER_CUBIC)
             tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
             z0 = self.model.encode_image(tensor)
             eps = self.model.noise(z0.shape, self.config.seed)
-            state = _RoiState(z_t=self.model.add_noise(z0, eps, self.config.timestep))
-            self._rois.put(key, state)
-        return state
+            cached = self.model.add_noise(z0, eps, self.config.timestep)
+            self._latents.put((key, roi), cached)
+        return cached
 
     def _text(self, label: str) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._texts.get(label)
@@ -175,29 +145,45 @@ class G4SegRefiner(Engine):
             self._texts.put(label, cached)
         return cached
 
-    def _reference(self, image_key, roi, label, state, text) -> _Reference:
-        key = (image_key, roi, label)
-        ref = self._references.get(key)
-        if ref is None:
-            x0 = self.model.predict_x0(state.z_t, self.config.timestep, text,
-                                       keep_features=self.config.discrepancy_space == "features")
-            ref = _Reference(x0=x0, space=self._to_space(x0))
-            self._references.put(key, ref)
-        return ref
+    def distance(self, generated: torch.Tensor, reference: torch.Tensor, radius: int) -> torch.Tensor:
+        """The raw pixel-wise discrepancy of generations to their references, (B, side, side)."""
+        return local_hausdorff(generated, reference, radius)
 
-    def _to_space(self, x0: torch.Tensor) -> torch.Tensor:
-        """A one-step generation in the discrepancy space, (C, H, W) float32."""
-        space = self.config.discrepancy_space
+    def to_space(self, x0: torch.Tensor) -> torch.Tensor:
+        """One-step generations (B, 4, h, w) in the discrepancy space, (B, C, side, side) float32."""
+        space = self.space
         if space == "latent":
-            return x0[0].float()
+            return x0.float()
         if space == "features":
-            return self.model.take_features()[0]
-        decode_side = self.config.rgb_decode_size
-        if decode_side and decode_side < self.working_size:
-            latent_side = decode_side // self.model.vae_scale_factor
-            x0 = F.interpolate(x0, size=(latent_side, latent_side), mode="area")
+            return self.model.take_features()
         rgb = self.model.decode_latents(x0)
-        side = min(rgb.shape[-1], self.config.discrepancy_max_size)
-        if side < rgb.shape[-1]:
-            rgb = F.interpolate(rgb, size=(side, side), mode="area")
-        return rgb[0]
+        if rgb.shape[-1] != self.signal_side:
+            rgb = F.interpolate(rgb, size=(self.signal_side, self.signal_side), mode="area")
+        return rgb
+
+
+class _G4SegSignal(Signal):
+    """The mask-conditioned pass for the regions asked, and its discrepancy to their references."""
+
+    def __init__(self, refiner: G4SegRefiner, references: list[_Reference]):
+        self.refiner = refiner
+        self.references = references
+        self.side = refiner.signal_side
+        self.device = refiner.model.device
+        latent_side = references[0].z_t.shape[-1]
+        self.radius = int(round((refiner.config.hausdorff_window // 2) * self.side / latent_side))
+
+    def __call__(self, masks: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        cfg, model = self.refiner.config, self.refiner.model
+        refs = [self.references[i] for i in which.nonzero()[:, 0].tolist()]
+        injection = MaskInjection(
+            mask=masks[which].float().to(model.device),
+            token_mask=torch.cat([r.token_mask for r in refs]),
+            alpha=cfg.alpha, cross=cfg.inject_cross, self_attn=cfg.inject_self,
+            resolutions=cfg.injection_resolutions,
+            ranges={name: torch.cat([r.ranges[name] for r in refs]) for name in refs[0].ranges},
+        )
+        x0 = model.predict_x0(torch.cat([r.z_t for r in refs]), cfg.timestep, torch.cat([r.text for r in refs]),
+                              injection=injection, keep_features=self.refiner.space == "features")
+        generated = self.refiner.to_space(x0)
+        return self.refiner.distance(generated, torch.cat([r.space for r in refs]), self.radius)

@@ -173,6 +173,19 @@ class TextSegmentation:
     def masks(self) -> dict[str, np.ndarray]:
         return {label: self.label_map == i + 1 for i, label in enumerate(self.labels)}
 
+    def soft_prior(self, label: str, temperature: float = 0.1) -> np.ndarray:
+        """The class as a soft prior for a refiner: above 0.5 exactly where the label map chose it,
+        and how far above or below says how clearly it beat its best competitor (the background
+        or another class), so the refiner knows where the map was unsure."""
+        mask = self.label_map == self.labels.index(label) + 1
+        if self.background is None:  # refined already: only the decision is left
+            return mask.astype(np.float32)
+        competitors = [self.probabilities[other] for other in self.labels if other != label]
+        best_other = np.maximum.reduce(competitors + [np.broadcast_to(self.background, mask.shape)])
+        soft = 1.0 / (1.0 + np.exp(-(self.probabilities[label] - best_other) / temperature))
+        return np.where(mask, np.maximum(soft, np.nextafter(np.float32(0.5), np.float32(1))),
+                        np.minimum(soft, 0.5)).astype(np.float32)
+
     def score(self, label: str) -> float:
         """Mean class probability over the class's mask (0 when the class has no pixels)."""
         mask = self.label_map == self.labels.index(label) + 1
@@ -300,16 +313,20 @@ class TextSegmenter:
 
     # ---- the method -------------------------------------------------------------------------
     def segment(self, image: np.ndarray, labels: list[str]) -> TextSegmentation:
-        image = check_image(image)
+        return self.segment_many([image], labels)[0]
+
+    def segment_many(self, images: list[np.ndarray], labels: list[str]) -> list[TextSegmentation]:
+        """Several images with the same classes in one UNet call (a batch of images x prompts)."""
+        images = [check_image(image) for image in images]
         labels = _check_labels(labels)
         cfg, model, size = self.config, self.model, self.working_size
-        height, width = image.shape[:2]
-        roi = whole_image_roi(height, width)  # the whole image, padded to a square
-
-        pixels = crop(image, roi, size, cv2.INTER_AREA if roi.side > size else cv2.INTER_CUBIC)
-        tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        rois = [whole_image_roi(*image.shape[:2]) for image in images]  # each whole image, padded to a square
+        pixels = np.stack([crop(image, roi, size, cv2.INTER_AREA if roi.side > size else cv2.INTER_CUBIC)
+                           for image, roi in zip(images, rois)])
+        tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         z0 = model.encode_image(tensor)
-        z_t = model.add_noise(z0, model.noise(z0.shape, cfg.seed), cfg.timestep)
+        # The same noise for every image: an image's result does not depend on its batch.
+        z_t = model.add_noise(z0, model.noise(z0.shape[1:], cfg.seed)[None], cfg.timestep)
         latent = z_t.shape[-1]
 
         prompts = self.prompts(labels)
@@ -326,12 +343,19 @@ class TextSegmenter:
             if side is not None and weight > 0:
                 weights[side] = weights.get(side, 0.0) + weight
         capture = AttentionCapture(cross_resolutions=tuple(weights), self_resolutions=(latent,))
-        batch = len(prompts.texts)
-        model.predict_x0(z_t.expand(batch, -1, -1, -1), cfg.timestep, text, capture=capture)
+        rows = len(prompts.texts)
+        # Batch order: image-major, each image with every prompt row.
+        model.predict_x0(z_t.repeat_interleave(rows, dim=0), cfg.timestep, text.repeat(len(images), 1, 1),
+                         capture=capture)
+        return [self._result(capture, weights, prompts, latent, labels, image, roi, n * rows, rows)
+                for n, (image, roi) in enumerate(zip(images, rois))]
 
-        cross = self._class_cross_attention(capture, weights, prompts, latent)  # (C, N)
+    def _result(self, capture, weights, prompts, latent, labels, image, roi, first: int, rows: int) -> TextSegmentation:
+        cfg = self.config
+        height, width = image.shape[:2]
+        cross = self._class_cross_attention(capture, weights, prompts, latent, first)  # (C, N)
         # Text reaches the self-attention only indirectly: the rows of a batch agree closely.
-        self_attention = capture.mean_self(latent).mean(0)  # (N, N), rows sum to 1
+        self_attention = capture.mean_self(latent)[first : first + rows].mean(0)  # (N, N), rows sum to 1
         if isinstance(cfg, ISegConfig):
             scores = self._iseg(cross, self_attention, cfg)
         else:
@@ -347,7 +371,7 @@ class TextSegmenter:
         return TextSegmentation(labels, probabilities, label_map(stack, background), background)
 
     def _class_cross_attention(self, capture: AttentionCapture, weights: dict[int, float], prompts: _Prompts,
-                               latent: int) -> torch.Tensor:
+                               latent: int, first: int = 0) -> torch.Tensor:
         """(C, latent*latent): each class's weighted, normalised cross-attention on the latent grid."""
         present = {side: w for side, w in weights.items() if side in capture.cross}
         if not present:
@@ -357,7 +381,7 @@ class TextSegmenter:
         combined = None
         for side, weight in present.items():
             attn = capture.mean_cross(side)  # (B, side*side, 77)
-            per_class = torch.stack([attn[r, :, pos].mean(dim=-1) for r, pos in zip(prompts.rows, prompts.positions)])
+            per_class = torch.stack([attn[first + r, :, pos].mean(dim=-1) for r, pos in zip(prompts.rows, prompts.positions)])
             grid = per_class.reshape(-1, 1, side, side)
             if side != latent:
                 grid = F.interpolate(grid, size=(latent, latent), mode="bilinear", align_corners=False)
@@ -375,10 +399,10 @@ class TextSegmenter:
 
 
 def refine_segmentation(engine: Engine, image: np.ndarray, segmentation: TextSegmentation) -> TextSegmentation:
-    """Each non-empty class mask refined by `engine` (e.g. G4Seg); the refined masks never overlap."""
+    """Each class present refined by `engine` (e.g. G4Seg) from its soft map, not just its mask;
+    the refined masks never overlap."""
     image = check_image(image)
-    masks = segmentation.masks
-    present = {label: mask for label, mask in masks.items() if mask.any()}
+    present = {label: segmentation.soft_prior(label) for label, mask in segmentation.masks.items() if mask.any()}
     refined: dict[str, RefineResult] = engine.refine_classes(image, present) if present else {}
     probabilities = dict(segmentation.probabilities)
     labels_out = np.zeros(segmentation.label_map.shape, np.int32)

@@ -44,6 +44,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, style: str = "sd2") -> P
         raise SettingError(f"style must be sd2 or sd15, got {style!r}")
     from diffusers import (
         AutoencoderKL,
+        AutoencoderTiny,
         DDPMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -100,6 +101,10 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, style: str = "sd2") -> P
         prediction_type="epsilon", clip_sample=False, steps_offset=1,
     )
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    torch.manual_seed(seed + 3)
+    # A fast decoder (TAESD's architecture, tiny) in taesd/, where `decoder=auto` finds one.
+    fast_decoder = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                   num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
 
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -110,6 +115,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, style: str = "sd2") -> P
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
+        fast_decoder.save_pretrained(staging / "taesd", safe_serialization=True)
         (staging / "README.md").write_text(TINY_README.format(seed=seed))
         (staging / "g4seg_tiny.json").write_text(json.dumps({"random_weights": True, "seed": seed, "style": style}))
         if out.exists():

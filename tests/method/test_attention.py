@@ -40,17 +40,41 @@ def test_injection_only_at_the_resolutions_asked(tiny_model, inputs):
     assert not torch.allclose(cross_only, self_only)
 
 
-def test_logit_range_is_exact_when_every_query_is_sampled():
-    from g4seg_core.method.attention import _logit_range
+def test_logit_range_is_exact_over_every_query_and_key_whatever_the_chunk():
+    from g4seg_core.method.attention import logit_range
 
-    q, k = torch.randn(1, 2, 256, 16), torch.randn(1, 2, 77, 16)
+    q, k = torch.randn(2, 3, 1000, 16), torch.randn(2, 3, 77, 16)
+    q[1, 2, 997] *= 40  # an extreme query far from any sampling stride
     exact = q @ k.transpose(-1, -2) * 0.25
-    assert torch.allclose(_logit_range(q, k, 0.25, 256)[..., 0, 0], exact.amax((-1, -2)) - exact.amin((-1, -2)))
+    expected = exact.amax((-1, -2)) - exact.amin((-1, -2))
+    for chunk in (1, 64, 1000, 4096):
+        assert torch.allclose(logit_range(q, k, 0.25, chunk)[..., 0, 0], expected)
+
+
+def test_the_reference_pass_records_each_layers_range_and_injection_reuses_it(tiny_model, inputs):
+    z, text, tokens = inputs
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 32:96] = 1
+    ranges = {}
+    tiny_model.control.record_ranges = ranges
+    try:
+        reference = tiny_model.predict_x0(z, 100, text)
+    finally:
+        tiny_model.control.record_ranges = None
+    assert set(ranges) == set(tiny_model.unet.attn_processors)
+    assert all(r.shape[0] == 1 and r.shape[2:] == (1, 1) and (r > 0).all() for r in ranges.values())
+    assert torch.equal(reference, tiny_model.predict_x0(z, 100, text))  # recording changes nothing
+    recorded = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, ranges=ranges))
+    own = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens))
+    doubled = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(
+        mask, tokens, ranges={name: 2 * r for name, r in ranges.items()}))
+    assert not torch.allclose(recorded, doubled)  # the recorded ranges are what the bias uses
+    assert not torch.equal(recorded, reference) and not torch.equal(own, reference)
 
 
 def test_cross_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
     """The folded-channel implementation equals softmax(logits + alpha*s*(2m-1) on class tokens)."""
-    from g4seg_core.method.attention import _logit_range
+    from g4seg_core.method.attention import logit_range
 
     _, text, tokens = inputs
     mask = torch.zeros(1, 128, 128)
@@ -65,7 +89,7 @@ def test_cross_injection_matches_the_bias_of_the_method_page(tiny_model, inputs)
         tiny_model.control.injection = tiny_model.control.latent_hw = None
     q, k = _qk(layer, hidden, text)
     v = layer.to_v(text).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
-    s = _logit_range(q, k, layer.scale, 256)
+    s = logit_range(q, k, layer.scale)
     m = mask[:, ::8, ::8].reshape(1, 1, 256, 1)
     logits = q @ k.transpose(-1, -2) * layer.scale
     biased = logits + s * (2 * m - 1) * tokens[:, None, None, :]
@@ -77,7 +101,7 @@ def test_cross_injection_matches_the_bias_of_the_method_page(tiny_model, inputs)
 
 
 def test_self_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
-    from g4seg_core.method.attention import _logit_range
+    from g4seg_core.method.attention import logit_range
 
     _, _, tokens = inputs
     mask = torch.rand(1, 128, 128)  # soft masks use m_i*m_j + (1-m_i)*(1-m_j)
@@ -91,7 +115,7 @@ def test_self_injection_matches_the_bias_of_the_method_page(tiny_model, inputs):
         tiny_model.control.injection = tiny_model.control.latent_hw = None
     q, k = _qk(layer, hidden, hidden)
     v = layer.to_v(hidden).view(1, -1, layer.heads, q.shape[-1]).transpose(1, 2)
-    s = 0.7 * _logit_range(q, k, layer.scale, 256)
+    s = 0.7 * logit_range(q, k, layer.scale)
     m = torch.nn.functional.interpolate(mask[:, None], size=(16, 16), mode="area").reshape(1, 1, 256, 1)
     same_side = m * m.transpose(-1, -2) + (1 - m) * (1 - m.transpose(-1, -2))
     biased = q @ k.transpose(-1, -2) * layer.scale + s * (2 * same_side - 1)

@@ -19,9 +19,10 @@ def test_settings_from_text_are_typed_like_their_defaults():
     ({"early_stop": "maybe"}, "early_stop='maybe' is not a valid bool"),
     ({"speed": "fast"}, "unknown refiner setting 'speed'"),
     ({"beta": "1.5"}, "beta must be in"),
-    ({"discrepancy_space": "pixels"}, "discrepancy_space must be one of rgb, latent, features"),
+    ({"discrepancy_space": "pixels"}, "discrepancy_space must be one of auto, rgb, latent, features"),
     ({"hausdorff_window": "4"}, "odd number"),
-    ({"rgb_decode_size": "100"}, "rgb_decode_size must be 0 or a multiple of 8"),
+    ({"prior_softness": "-1"}, "prior_softness must be >= 0"),
+    ({"discrepancy_max_size": "4"}, "discrepancy_max_size must be >= 8"),
     ({"prompt_template": "a photo"}, "must contain {}"),
 ])
 def test_bad_settings_say_which_and_why(values, message):

@@ -86,3 +86,42 @@ def test_sd15_style_models_load_and_refine(tmp_path):
     trace = G4SegRefiner(model, RefinerConfig(iterations=1, early_stop=False)).refine_trace(image, Prompt(mask=mask), "cat")
     assert trace.iterations == 1 and trace.mask.shape == (64, 80)
     assert (trace.probability != mask).any()  # the injected pass ran and moved something
+
+
+def test_the_fast_decoder_loads_through_the_same_path_and_decodes_rgb(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from g4seg_core.method.loading import locate_decoder
+    from g4seg_core.method.model import counting
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a local decoder must not open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.delenv("G4SEG_DECODER", raising=False)
+    found = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")  # auto: its taesd/
+    assert found.fast_decoder is not None and found.describe()["fast_decoder"]
+    latents = torch.randn(2, 4, 16, 16)
+    with counting(found) as calls:
+        rgb = found.decode_latents(latents)
+    assert rgb.shape == (2, 3, 128, 128) and rgb.min() >= -1 and rgb.max() <= 1
+    assert calls["fast_decode"] == 1 and calls["vae_decode"] == 0
+    none = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", decoder="none")
+    assert none.fast_decoder is None
+    # A decoder elsewhere, named by folder or by G4SEG_DECODER; pickles refused as for the model.
+    shutil.copytree(tiny_model_dir / "taesd", tmp_path / "taesd-copy")
+    monkeypatch.setenv("G4SEG_DECODER", str(tmp_path / "taesd-copy"))
+    assert SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32").fast_decoder is not None
+    (tmp_path / "taesd-copy" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "taesd-copy" / "model.bin")
+    with pytest.raises(WeightsNotFoundError, match="not an AutoencoderTiny folder"):
+        locate_decoder(str(tmp_path / "taesd-copy"))
+    with pytest.raises(WeightsNotFoundError, match="fast decoder .* does not exist"):
+        locate_decoder(str(tmp_path / "absent"))
+
+
+def test_auto_space_is_rgb_with_a_fast_decoder_and_latent_without(tiny_model, tiny_model_dir):
+    from g4seg_core.method.refiner import G4SegRefiner
+
+    assert tiny_model.fast_decoder is not None and G4SegRefiner(tiny_model).space == "rgb"
+    bare = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", decoder="none")
+    assert G4SegRefiner(bare).space == "latent"

@@ -203,3 +203,35 @@ def test_refinement_with_g4seg_on_the_same_model(tiny_model, image):
     assert refined.label_map.shape == image.shape[:2]
     assert sum(m.astype(int) for m in refined.masks.values()).max() <= 1
     assert refiner.model is tiny_model  # one loaded tiny_model serves both
+
+
+def test_refiners_get_the_soft_maps_whose_decision_is_the_label_map(tiny_model, image):
+    seg = TextSegmenter(tiny_model, ISegConfig()).segment(image, LABELS)
+    seen = {}
+
+    class Recording(Engine):
+        def refine_probability(self, image, prior, label):
+            seen[label] = prior.copy()
+            return prior
+
+    refined = refine_segmentation(Recording(), image, seg)
+    present = [k for i, k in enumerate(LABELS) if (seg.label_map == i + 1).any()]
+    assert set(seen) == set(present)
+    for label in present:
+        prior = seen[label]
+        assert ((prior > 0.5) == (seg.label_map == LABELS.index(label) + 1)).all()
+        assert ((prior > 0.01) & (prior < 0.99)).mean() > 0.05  # soft, not a 0/1 mask
+    assert (refined.label_map == seg.label_map).all()  # the identity refinement keeps the decision
+
+
+@pytest.mark.parametrize("labels", [LABELS, [f"class{i}" for i in range(14)]])  # one prompt row; several
+def test_several_images_in_one_unet_call_give_each_images_own_result(tiny_model, image, labels):
+    segmenter = TextSegmenter(tiny_model, ISegConfig())
+    other = np.ascontiguousarray(np.flipud(image)[:80])  # another size too
+    with counting(tiny_model) as calls:
+        batch = segmenter.segment_many([image, other], labels)
+    assert calls["unet"] == 1 and calls["vae_encode"] == 1 and calls["text"] == 1
+    for one, many in zip((segmenter.segment(image, labels), segmenter.segment(other, labels)), batch):
+        assert many.label_map.shape == one.label_map.shape
+        for k in labels:
+            np.testing.assert_allclose(many.probabilities[k], one.probabilities[k], atol=1e-4)
