@@ -272,7 +272,7 @@ class RefineService:
             except SettingError as exc:
                 raise BackendError(409, f"G4SEG_PREANNOTATE is set but {exc}") from None
         output = config.output_for(None)
-        image = self._task_image(task, output)
+        image, _ = self._task_image(task, output)
         with self.gate.slot(), self.gate.engine_lock:
             prediction = self._preannotator.predict(image, output)
         self.by_task.put(task["id"], prediction)
@@ -286,7 +286,7 @@ class RefineService:
         if not shapes:
             raise FormatError("the context holds no brush, polygon, rectangle or keypoint region")
         to_name = _name(shapes[0].get("to_name"))
-        image = self._task_image(task, config.output_for(to_name))
+        image, key = self._task_image(task, config.output_for(to_name))
         height, width = image.shape[:2]
         regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in shapes]
         saved: list[list[Region]] | None = None
@@ -303,20 +303,20 @@ class RefineService:
                     if label not in config.output_for(to_name, label).labels:
                         out_label = shape.label
             groups.setdefault(out_label, []).extend(group)
-        prediction = self._refine(image, groups, config, to_name)
+        prediction = self._refine(image, key, groups, config, to_name)
         self.by_task.put(task["id"], prediction)
         return prediction
 
     def _refine_items(self, task: dict, items: list[dict], config: LabelConfig) -> Prediction:
         to_name = _name(items[0].get("to_name"))
-        image = self._task_image(task, config.output_for(to_name))
+        image, key = self._task_image(task, config.output_for(to_name))
         height, width = image.shape[:2]
         regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in items]
-        return self._refine(image, group_by_label(regions), config, to_name)
+        return self._refine(image, key, group_by_label(regions), config, to_name)
 
     # ------------------------------------------------------------ the common end
 
-    def _refine(self, image: np.ndarray, groups: dict[str, list[Region]], config: LabelConfig,
+    def _refine(self, image: np.ndarray, key: str, groups: dict[str, list[Region]], config: LabelConfig,
                 to_name: str | None) -> Prediction:
         height, width = image.shape[:2]
         outputs = {}
@@ -331,6 +331,7 @@ class RefineService:
         status = self.holder.require()
         started = time.perf_counter()
         with self.gate.engine_lock:
+            status.engine.set_image(image, key)  # the engine's per-image work is cached under this name
             refined = status.engine.refine_classes(image, prompts)
         self.metrics.inc("refinements")
         self.metrics.inc("refine_seconds", time.perf_counter() - started)
@@ -342,11 +343,13 @@ class RefineService:
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": result, "score": round(score, 4), "model_version": status.engine.version}
 
-    def _task_image(self, task: dict, output) -> np.ndarray:
+    def _task_image(self, task: dict, output) -> tuple[np.ndarray, str]:
+        """The task's image and its name for the engine's per-image caches: the task and the URL
+        (a click never hashes the photo)."""
         url = task["data"].get(output.data_key)
         if url is None:
             raise FormatError(f"task {task['id']} has no data.{output.data_key} (the image the brush tag labels)")
-        return self.fetcher.fetch(url, task_id=task["id"])
+        return self.fetcher.fetch(url, task_id=task["id"]), f"task {task['id']}: {url}"
 
     def _saved_regions(self, task: dict, height: int, width: int) -> list[list[Region]]:
         """Shapes saved on the task (annotations and drafts), newest source first."""

@@ -18,7 +18,16 @@ DEFAULT_CONFIG_DIR = ROOT.parent / "shared" / "models" / "sd21-base"
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    from g4seg_core.method.loading import cpu_computes_bfloat16
+
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() often says only x86_64
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        name = found.group(1).strip() if found else name
+    except OSError:
+        pass
+    bf16 = "bfloat16 in hardware" if cpu_computes_bfloat16() else "no bfloat16 in hardware (no AVX512-BF16/AMX)"
+    return f"CPU: {name}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__}"
 
 
 def write_json(data, path: Path) -> None:

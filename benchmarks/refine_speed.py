@@ -1,25 +1,39 @@
-"""Refinement latency and memory on the full-size SD 2.1-base architecture with random weights.
+"""What a click costs: G4Seg refinement latency on the full-size SD 2.1-base architecture (random weights).
 
-For each (device, dtype, working size), in one process so that the ratios compare like with like:
-one bare UNet call, a VAE encode, a full VAE decode and a fast (TAESD) decode; a cold refine (first
-on an image: encode, reference pass, iterations) and a warm refine (another shape on the same
-image: iterations only) in the default discrepancy space (`auto`: RGB through the fast decoder)
-and in the latent space; the **naive reading** of the method in the same run (no caches, a
-full-size VAE decode every iteration, the local Hausdorff distance as a double loop over window
-offsets, classes one at a time); and three classes of one image refined as one batch against the
-same three one by one. Early stop is off, so a refine runs --iterations updates; the signal is
-evaluated again only when the mask changed, and each row says how many passes ran.
+Each measurement runs in a process of its own (peak memory belongs to it alone) and is a *part*:
 
-    python benchmarks/refine_speed.py                                  # CPU bfloat16 at 512, 384, 256
-    python benchmarks/refine_speed.py --device cuda --runs float16:512   # a GPU (adds CUDA peak memory)
+- default: a refine in the default discrepancy space (`auto`), cold (a new image: VAE encoding and
+  reference pass included) and warm (a second shape on the same image: its UNet calls and the
+  rest of the loop). Its ratio divides the warm refine by its passes times a bare UNet call
+  measured in the same process, and also by the time its own UNet calls took.
+- latent: the same in the latent space.
+- naive: the reading of the method before issue 11, beside the default in the same process: no
+  caches (a click hashes the image, encodes it, runs the reference pass and encodes the text
+  again), the per-layer logit range recomputed on every pass, a full-size VAE decode every
+  iteration for the RGB discrepancy, the local Hausdorff distance as a double loop over window
+  offsets, classes one at a time.
+- classes: three classes of one image refined as one batch per iteration against the same three
+  one by one (both cold, on images of their own).
 
-Writes benchmarks/results/refine_speed-<device>.json and the refine_speed block of docs/performance.md.
+Early stop is off, so a refine runs --iterations updates (the signal is evaluated again only when
+the mask changed; each part says how many passes ran). The image is refined whole (no crop).
+Parts measured later merge into the saved JSON, replacing that part of the same device, dtype
+and size, so a long run can be cut into chunks:
+
+    python benchmarks/refine_speed.py --runs bfloat16:512 --parts default,naive
+    python benchmarks/refine_speed.py --runs bfloat16:512 --parts classes
+    python benchmarks/refine_speed.py --runs float32:256,float32:128 --parts default,latent,classes
+    python benchmarks/refine_speed.py --device cuda --runs float16:512 --parts default,latent,naive,classes
+
+Writes benchmarks/results/refine_speed-<device>.json and the refine_speed block of docs/performance.md
+(--render-only rewrites the block from the JSON).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,20 +51,43 @@ from benchmarks._report import (  # noqa: E402
     write_json,
 )
 
+PARTS = ("default", "latent", "naive", "classes")
 
-def timed(fn, repeat=1):
+
+def sync(device: str) -> None:
     import torch
 
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeat: int = 1) -> float:
     times = []
     for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class UNetClock:
+    """Seconds spent inside the model's UNet calls (the refine's own calls, timed as they run)."""
+
+    def __init__(self, model, device: str):
+        self.seconds = 0.0
+        inner = model.predict_x0
+
+        def predict_x0(*args, **kwargs):
+            sync(device)
+            start = time.perf_counter()
+            out = inner(*args, **kwargs)
+            sync(device)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        model.predict_x0 = predict_x0
 
 
 def loop_hausdorff(a, b, radius: int):
@@ -85,6 +122,12 @@ def naive_refiner(model, config):
             self.set_image(image, hashlib.sha1(image.tobytes()).hexdigest())
             return super().refine_regions(image, items)
 
+        def _references_for(self, image, key, items):
+            references = super()._references_for(image, key, items)
+            for reference in references:
+                reference.ranges = {}  # each injected layer measures its own logit range, every pass
+            return references
+
         def to_space(self, x0):
             rgb = self.model.decode_latents(x0, fast=False)  # the full VAE, at the working size
             return torch.nn.functional.interpolate(rgb, size=(self.signal_side,) * 2, mode="area")
@@ -97,23 +140,26 @@ def naive_refiner(model, config):
     return refiner
 
 
-def measure_one(config_dir: str, device: str, dtype_name: str, size: int, iterations: int, naive: bool) -> dict:
-    """Runs in its own process so peak memory belongs to this configuration alone."""
+def measure(config_dir: str, device: str, dtype_name: str, size: int, iterations: int, parts: list[str],
+            repeat: int) -> dict:
+    """One process: the parts asked for, at one dtype and working size."""
     import numpy as np
     import torch
 
     from benchmarks.random_sd import build_random_sd
     from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.model import counting
     from g4seg_core.method.refiner import G4SegRefiner
     from g4seg_core.prompts import Prompt
 
-    dtype = getattr(torch, dtype_name)
-    model = build_random_sd(Path(config_dir), device=device, dtype=dtype)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = os.getloadavg()[0]
+    model = build_random_sd(Path(config_dir), device=device, dtype=getattr(torch, dtype_name))
     rng = np.random.default_rng(0)
     images = iter([(rng.random((size, size, 3)) * 255).astype(np.uint8) for _ in range(8)])
     mask = np.zeros((size, size), bool)
     mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = True
-    nudged = np.roll(mask, size // 32, axis=1)
+    nudges = [np.roll(mask, size // 32 * (k + 1), axis=1) for k in range(repeat)]
     quarters = {}
     for k, (y, x) in zip(("cat", "dog", "bird"), ((0, 0), (0, size // 2), (size // 2, size // 4))):
         m = np.zeros((size, size), bool)
@@ -122,105 +168,171 @@ def measure_one(config_dir: str, device: str, dtype_name: str, size: int, iterat
 
     text = model.encode_text(["a photograph of a cat"])
     z = model.noise((1, 4, size // 8, size // 8), seed=0)
-    pixels = torch.zeros(1, 3, size, size)
     model.predict_x0(z, 100, text)  # warm-up: first calls allocate
-    model.encode_image(pixels)
     model.decode_latents(z)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    unet = timed(lambda: model.predict_x0(z, 100, text), repeat=2)
-    row = {"device": device, "dtype": dtype_name, "working_size": size, "iterations": iterations,
-           "unet_call_s": unet, "vae_encode_s": timed(lambda: model.encode_image(pixels)),
-           "vae_decode_s": timed(lambda: model.decode_latents(z, fast=False)),
-           "fast_decode_s": timed(lambda: model.decode_latents(z), repeat=2)}
+    unet = timed(lambda: model.predict_x0(z, 100, text), device, repeat=2)
+    clock = UNetClock(model, device)
+    out = {"unet_call_s": unet, "fast_decode_s": timed(lambda: model.decode_latents(z), device, repeat=2)}
 
     def config(space):
         return RefinerConfig(working_size=size, iterations=iterations, early_stop=False, discrepancy_space=space,
                              roi=False)
 
-    for space in ("auto", "latent"):
+    def one_space(space: str) -> dict:
         refiner = G4SegRefiner(model, config(space))
-        refiner.refine(next(images), Prompt(mask=mask), "cat")  # the class's text is cached from here on
+        refiner._text("cat")  # the class's text is known: a cold click is a new image, not a new class
         image = next(images)
-        refiner.set_image(image, "cold")
-        row[f"cold_{space}_s"] = timed(lambda: refiner.refine(image, Prompt(mask=mask), "cat"))
-        passes = []
-        row[f"warm_{space}_s"] = timed(lambda: passes.append(refiner.refine_trace(image, Prompt(mask=nudged), "cat").passes),
-                                       repeat=2)
-        row[f"warm_{space}_passes"] = passes[-1]
-        row[f"warm_{space}_over_unet_calls"] = row[f"warm_{space}_s"] / (max(1, passes[-1]) * unet)
-    row["space_auto"] = G4SegRefiner(model, config("auto")).space
-    row["cold_minus_warm_over_encode_plus_reference"] = (row["cold_auto_s"] - row["warm_auto_s"]) / (
-        row["vae_encode_s"] + unet)
+        refiner.set_image(image, f"cold-{space}")
+        with counting(model) as calls:
+            cold = timed(lambda: refiner.refine(image, Prompt(mask=mask), "cat"), device)
+        warm, own, passes = [], [], []
+        for nudged in nudges:
+            before = clock.seconds
+            warm.append(timed(lambda: passes.append(refiner.refine_trace(image, Prompt(mask=nudged), "cat").passes),
+                              device))
+            own.append(clock.seconds - before)
+        warm_s = statistics.median(warm)
+        return {"space": refiner.space, "cold_s": cold, "cold_calls": dict(calls), "warm_s": warm_s,
+                "warm_runs": len(warm), "passes": passes[-1],
+                "warm_over_unet_calls": warm_s / (max(1, passes[-1]) * unet),
+                "warm_over_own_unet_time": statistics.median(w / max(o, 1e-9) for w, o in zip(warm, own))}
 
-    # Three classes of one image: one batch per iteration against one class at a time (both cold).
-    refiner = G4SegRefiner(model, config("auto"))
-    refiner.refine_classes(next(images), {k: Prompt(mask=m) for k, m in quarters.items()})  # texts cached
-    one, batch = next(images), next(images)
-
-    def one_by_one():
-        refiner.set_image(one, "one-by-one")
-        for k, m in quarters.items():
-            refiner.refine(one, Prompt(mask=m), k)
-
-    row["three_classes_one_by_one_s"] = timed(one_by_one)
-    refiner.set_image(batch, "batched")
-    row["three_classes_batched_s"] = timed(lambda: refiner.refine_classes(batch, {k: Prompt(mask=m) for k, m in quarters.items()}))
-    row["batched_speedup"] = row["three_classes_one_by_one_s"] / row["three_classes_batched_s"]
-
-    if naive:
+    if "default" in parts or "naive" in parts:
+        out["default"] = one_space("auto")
+    if "latent" in parts:
+        out["latent"] = one_space("latent")
+    if "naive" in parts:
+        model.encode_image(torch.zeros(1, 3, size, size))  # warm-up of the full VAE (first calls allocate)
+        model.decode_latents(z, fast=False)
         slow = naive_refiner(model, config("rgb"))
-        slow.refine(next(images), Prompt(mask=mask), "cat")
         image = next(images)
-        row["naive_click_s"] = timed(lambda: slow.refine(image, Prompt(mask=nudged), "cat"))
-        row["speedup_over_naive"] = row["naive_click_s"] / row["warm_auto_s"]
+        with counting(model) as calls:
+            naive = timed(lambda: slow.refine(image, Prompt(mask=nudges[0]), "cat"), device)
+        out["naive"] = {"naive_click_s": naive, "calls": dict(calls),
+                        "vae_encode_s": timed(lambda: model.encode_image(torch.zeros(1, 3, size, size)), device),
+                        "vae_decode_s": timed(lambda: model.decode_latents(z, fast=False), device),
+                        "speedup_over_naive": naive / out["default"]["warm_s"],
+                        "default": {k: out["default"][k] for k in ("warm_s", "cold_s", "passes")}}
+    if "classes" in parts:
+        refiner = G4SegRefiner(model, config("auto"))
+        for label in quarters:
+            refiner._text(label)
+        one, batch = next(images), next(images)
+
+        def one_by_one():
+            refiner.set_image(one, "one-by-one")
+            for k, m in quarters.items():
+                refiner.refine(one, Prompt(mask=m), k)
+
+        with counting(model) as single_calls:
+            single = timed(one_by_one, device)
+        refiner.set_image(batch, "batched")
+        with counting(model) as batch_calls:
+            batched = timed(lambda: refiner.refine_classes(batch, {k: Prompt(mask=m) for k, m in quarters.items()}),
+                            device)
+        out["classes"] = {"one_by_one_s": single, "one_by_one_calls": dict(single_calls), "batched_s": batched,
+                          "batched_calls": dict(batch_calls), "batched_speedup": single / batched}
 
     if device.startswith("cuda"):
-        row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:
-        row["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return row
+        out["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out.update(started=started, load_before=load_before, load_after=os.getloadavg()[0],
+               threads=torch.get_num_threads())
+    return out
 
 
-def render(rows: list[dict], when: str, where: str, config_dir: str) -> str:
-    f = lambda r, k: f"{r[k]:.2f}" if k in r else "n/a"  # noqa: E731
+def merge(saved: dict, device: str, dtype: str, size: int, iterations: int, parts: list[str], out: dict) -> None:
+    """Put one process's parts into the saved rows: each part keeps the process-wide figures
+    (bare UNet call, load, peak memory) of the process that measured it."""
+    rows = saved.setdefault("rows", [])
+    key = (device, dtype, size)
+    row = next((r for r in rows if (r["device"], r["dtype"], r["working_size"]) == key), None)
+    if row is None:
+        row = {"device": device, "dtype": dtype, "working_size": size, "parts": {}}
+        rows.append(row)
+    context = {k: out[k] for k in ("unet_call_s", "fast_decode_s", "peak_memory_gib", "started", "load_before",
+                                   "load_after", "threads")}
+    measured = [p for p in PARTS if p in out and (p in parts or p == "default")]
+    for part in measured:
+        row["parts"][part] = {**out[part], **context, "iterations": iterations,
+                              "same_process_as": [p for p in measured if p != part]}
+    rows.sort(key=lambda r: (r["device"], r["dtype"], -r["working_size"]))
+
+
+def render(saved: dict) -> str:
+    def f(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     lines = [
-        f"Measured {when} on {where} by `python benchmarks/refine_speed.py`, full-size SD 2.1-base architecture "
-        f"with random weights and TAESD's architecture as the fast decoder (configs: `{Path(config_dir).name}`), "
-        "a square image refined whole (no crop), early stop off. Times in seconds; a *warm* refine is a second "
-        "shape on the same image, a *cold* one the first. The default space (`auto`) is "
-        f"{rows[0]['space_auto']} here (a fast decoder is loaded).",
+        f"Measured on {saved['machine']} by `python benchmarks/refine_speed.py` (its docstring gives the commands), "
+        "full-size SD 2.1-base architecture with random weights (a random weight costs what a trained one does) and "
+        "TAESD's architecture as the fast decoder; a square image refined whole (no crop), 3 iterations, early stop "
+        "off. Times in seconds. Each part ran in a process of its own (the date says when); every ratio divides two "
+        "figures of one process.",
         "",
-        "| device | dtype | size | UNet call | VAE encode | VAE decode | fast decode | cold (default) | warm (default) "
-        "| warm / its UNet calls | cold (latent) | warm (latent) | naive click | speed-up over naive | 3 classes: one by one "
-        "| 3 classes: batched | batch speed-up | peak GiB |",
-        "|" + "---|" * 18,
+        "**The default space** (`auto`: RGB through the fast decoder). *Cold*: a new image (VAE encoding and "
+        "reference pass included); *warm*: a second shape on the same image. *Warm / its UNet calls*: the warm "
+        "refine over its passes times a bare UNet call; *warm / own UNet time*: over the time its own (mask-"
+        "injected) UNet calls took, as they ran.",
+        "",
+        "| device | dtype | size | bare UNet call | fast decode | cold | warm (passes) | warm / its UNet calls "
+        "| warm / own UNet time | cold (latent) | warm (latent) | warm (latent) / its UNet calls | peak GiB | when |",
+        "|" + "---|" * 14,
     ]
-    for r in rows:
+    for r in saved["rows"]:
+        d, lat = r["parts"].get("default"), r["parts"].get("latent")
+        if d is None:
+            continue
         lines.append(
-            f"| {r['device']} | {r['dtype']} | {r['working_size']} | {f(r, 'unet_call_s')} | {f(r, 'vae_encode_s')} | "
-            f"{f(r, 'vae_decode_s')} | {f(r, 'fast_decode_s')} | {f(r, 'cold_auto_s')} | {f(r, 'warm_auto_s')} | "
-            f"{f(r, 'warm_auto_over_unet_calls')} ({r['warm_auto_passes']} passes) | {f(r, 'cold_latent_s')} | "
-            f"{f(r, 'warm_latent_s')} | {f(r, 'naive_click_s')} | {f(r, 'speedup_over_naive')} | "
-            f"{f(r, 'three_classes_one_by_one_s')} | {f(r, 'three_classes_batched_s')} | {f(r, 'batched_speedup')} | "
-            f"{r['peak_memory_gib']:.1f} |")
-    lines += ["", f"{rows[0]['iterations']} iterations. The naive reading: no caches, a full-size VAE decode every "
-              "iteration, the local Hausdorff distance as a double loop, classes one at a time. Targets: warm / its "
-              "UNet calls <= 1.15; >= 3x faster than the naive reading at 512; >= 1.8x for 3 classes batched."]
-    lines += ["", *click_costs(rows)]
+            f"| {r['device']} | {r['dtype']} | {r['working_size']} | {f(d['unet_call_s'])} | {f(d['fast_decode_s'])} "
+            f"| {f(d['cold_s'])} | {f(d['warm_s'])} ({d['passes']}) | {f(d['warm_over_unet_calls'])} "
+            f"| {f(d['warm_over_own_unet_time'])} | {f(lat and lat['cold_s'])} | {f(lat and lat['warm_s'])} "
+            f"| {f(lat and lat['warm_over_unet_calls'])} | {f(d['peak_memory_gib'], 1)} | {d['started']} |")
+    naive = [r for r in saved["rows"] if "naive" in r["parts"]]
+    if naive:
+        lines += ["", "**Against the naive reading**, in the same process as the default-space row above it was "
+                  "measured with (warm click in the default space vs a naive click: no caches, the image hashed, "
+                  "logit ranges recomputed every pass, a full-size VAE decode every iteration, a double-loop "
+                  "Hausdorff distance).", "",
+                  "| device | dtype | size | warm (default) | cold (default) | naive click | speed-up (warm) "
+                  "| speed-up (cold) | VAE encode | VAE decode | when |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in naive:
+            n = r["parts"]["naive"]
+            d = n["default"]  # the default-space figures of the naive part's own process
+            lines.append(f"| {r['device']} | {r['dtype']} | {r['working_size']} | {f(d['warm_s'])} | {f(d['cold_s'])} "
+                         f"| {f(n['naive_click_s'])} | {f(n['naive_click_s'] / d['warm_s'], 1)}x "
+                         f"| {f(n['naive_click_s'] / d['cold_s'], 1)}x | {f(n['vae_encode_s'])} "
+                         f"| {f(n['vae_decode_s'])} | {n['started']} |")
+    classes = [r for r in saved["rows"] if "classes" in r["parts"]]
+    if classes:
+        lines += ["", "**Three classes of one image**, cold: one batch of three per UNet call against one class at a "
+                  "time (the same number of images through the UNet).", "",
+                  "| device | dtype | size | one by one | batched | speed-up | UNet calls: one by one / batched | when |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in classes:
+            c = r["parts"]["classes"]
+            lines.append(f"| {r['device']} | {r['dtype']} | {r['working_size']} | {f(c['one_by_one_s'])} "
+                         f"| {f(c['batched_s'])} | {f(c['batched_speedup'])}x | {c['one_by_one_calls'].get('unet', 0)} / "
+                         f"{c['batched_calls'].get('unet', 0)} | {c['started']} |")
+    lines += ["", *click_costs(saved["rows"])]
     return "\n".join(lines)
 
 
 def click_costs(rows: list[dict], budget_s: float = 5.0) -> list[str]:
     """What one click (a warm refine in the default space) costs per dtype, and where it fits the budget."""
     out = []
-    for dtype in dict.fromkeys(r["dtype"] for r in rows):
-        mine = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: r["working_size"])
-        costs = ", ".join(f"{r['warm_auto_s']:.1f} s at {r['working_size']}" for r in mine)
-        fits = [r["working_size"] for r in mine if r["warm_auto_s"] <= budget_s]
+    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows if "default" in r["parts"]):
+        mine = sorted((r for r in rows if (r["device"], r["dtype"]) == (device, dtype) and "default" in r["parts"]),
+                      key=lambda r: r["working_size"])
+        costs = ", ".join(f"{r['parts']['default']['warm_s']:.1f} s at {r['working_size']}" for r in mine)
+        fits = [r["working_size"] for r in mine if r["parts"]["default"]["warm_s"] <= budget_s]
         verdict = (f"at most {budget_s:.0f} s at working size {max(fits)} and below (of the sizes measured)" if fits
                    else f"over {budget_s:.0f} s at every size measured")
-        out.append(f"- {mine[0]['device']} {dtype}: a click (warm refine, default space) costs {costs}; {verdict}.")
+        out.append(f"- {device} {dtype}: a click (warm refine, default space, 3 passes) costs {costs}; {verdict}.")
     return out
 
 
@@ -228,9 +340,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-dir", default=str(DEFAULT_CONFIG_DIR), help="diffusers folder with configs + tokenizer")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", default="bfloat16:512,bfloat16:384,bfloat16:256", help="comma-separated dtype:size pairs")
+    parser.add_argument("--runs", default="bfloat16:512", help="comma-separated dtype:size pairs, one process each")
+    parser.add_argument("--parts", default="default,latent,naive,classes",
+                        help=f"comma-separated, measured in one process per run: {', '.join(PARTS)}")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--naive-sizes", default="512", help="sizes at which the naive reading is measured too")
+    parser.add_argument("--repeat", type=int, default=2, help="warm refines per space (the median is reported)")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the docs block from the saved results JSON, measuring nothing")
@@ -238,31 +352,35 @@ def main() -> int:
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results" / f"refine_speed-{args.device.split(':')[0]}.json"
     if args.render_only:
-        saved = json.loads(results.read_text())
-        replace_block("refine_speed", render(saved["rows"], saved["date"], saved["machine"], args.config_dir))
+        replace_block("refine_speed", render(json.loads(results.read_text())))
         return 0
-    naive_sizes = {int(s) for s in args.naive_sizes.split(",") if s}
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        parser.error(f"--parts: choose among {', '.join(PARTS)}")
     if args.one:
         dtype, size = args.one.split(":")
-        print(json.dumps(measure_one(args.config_dir, args.device, dtype, int(size), args.iterations,
-                                     int(size) in naive_sizes)))
+        print(json.dumps(measure(args.config_dir, args.device, dtype, int(size), args.iterations, parts, args.repeat)))
         return 0
-    rows = []
+    saved = json.loads(results.read_text()) if results.exists() else {}
+    if "rows" in saved and saved.get("machine") != machine():
+        saved = {}  # figures of another machine are not merged with these
+    saved["machine"] = machine()
     for run in args.runs.split(","):
-        print(f"measuring {args.device} {run} ...", file=sys.stderr, flush=True)
+        print(f"measuring {args.device} {run}: {', '.join(parts)} ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, __file__, "--one", run, "--device", args.device, "--config-dir",
-                              args.config_dir, "--iterations", str(args.iterations), "--naive-sizes", args.naive_sizes],
-                             capture_output=True, text=True)
+                              args.config_dir, "--iterations", str(args.iterations), "--parts", ",".join(parts),
+                              "--repeat", str(args.repeat)], capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    when = time.strftime("%Y-%m-%d")
-    where = machine()
-    write_json({"machine": where, "date": when, "rows": rows}, results)
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(measured), file=sys.stderr)
+        dtype, size = run.split(":")
+        merge(saved, args.device, dtype, int(size), args.iterations, parts, measured)
+        write_json(saved, results)  # after each run: a chunk cut short keeps what it measured
     if not args.no_doc:
-        replace_block("refine_speed", render(rows, when, where, args.config_dir))
+        replace_block("refine_speed", render(saved))
     return 0
 
 

@@ -29,7 +29,8 @@ def add_engine_arguments(parser, engine: bool = True) -> None:
                             "folder, else TAESD in the hub cache, else none; none: decode with the full VAE")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     group.add_argument("--dtype", default="auto",
-                       help="auto, float32, bfloat16, float16 (default auto: float16 on CUDA, bfloat16 on CPU)")
+                       help="auto, float32, bfloat16, float16 (default auto: float16 on CUDA; on CPU bfloat16 where "
+                            "the CPU computes it in hardware, else float32)")
 
 
 def note(text: str) -> None:

@@ -136,6 +136,7 @@ def run(args) -> int:
         note(f"the method settings ({', '.join(settings)}) are G4Seg's; the {plan.name} engine ignores them")
 
     engine = plan.load(settings).engine
+    engine.set_image(image, str(Path(args.image).resolve()))  # named by its path, never hashed
     result = engine.refine(image, prompt, args.label)
     with atomic_outputs(outputs) as temps:
         write_png(mask_png(result.mask), temps[0])

@@ -161,20 +161,13 @@ class G4SegAttnProcessor:
             q_scaled = query * attn.scale
             if is_cross:
                 tok = injection.token_mask.to(query.dtype)[:, None, :, None].expand(-1, attn.heads, -1, -1)
-                q_aug = torch.cat([q_scaled, (s * (2 * m - 1)).to(query.dtype).expand(-1, attn.heads, -1, -1)], dim=-1)
-                k_aug = torch.cat([key, tok], dim=-1)
+                q_extra = (s * (2 * m - 1)).to(query.dtype).expand(-1, attn.heads, -1, -1)
+                k_extra = tok
             else:
                 # 2*alpha*s*(m_i m_j + (1-m_i)(1-m_j)); the constant -alpha*s cancels in the softmax.
-                two_s = (2 * s).to(query.dtype)
                 mq = torch.cat([m, 1 - m], dim=-1).expand(-1, attn.heads, -1, -1)
-                q_aug = torch.cat([q_scaled, two_s * mq], dim=-1)
-                k_aug = torch.cat([key, mq], dim=-1)
-            # Fused kernels want one head size for q, k and v: pad all three to a multiple of 8
-            # (zeros change neither the logits nor the output), else SDPA falls back to a ~4x slower path.
-            width = -(-q_aug.shape[-1] // 8) * 8
-            q_aug = F.pad(q_aug, (0, width - q_aug.shape[-1]))
-            k_aug = F.pad(k_aug, (0, width - k_aug.shape[-1]))
-            v_pad = F.pad(value, (0, width - head_dim))
+                q_extra, k_extra = (2 * s).to(query.dtype) * mq, mq
+            q_aug, k_aug, v_pad = fused_heads([q_scaled, q_extra], [key, k_extra], [value])
             out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, dropout_p=0.0, scale=1.0)[..., :head_dim]
         else:
             if control.record_ranges is not None:
@@ -189,6 +182,29 @@ class G4SegAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def fused_heads(*parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """q, k and v, each given as (B, H, N, d_i) pieces joined along the head size, zero-padded to
+    one head size that is a multiple of 8, laid out (B, N, H, D) in memory like the stock path.
+
+    Zeros change neither the logits nor the output. The fused kernels ask for this: CPU flash
+    and CUDA flash need q, k and v of one head size (<= 256); CUDA memory-efficient attention a
+    head size that is a multiple of 8 in half precision; cuDNN attention (first choice on sm90
+    and newer with a recent cuDNN) a multiple of 8 and the (B, N, H, D) layout. Otherwise SDPA
+    falls back to a slower kernel (the math path is ~4x slower on the CPU).
+    """
+    width = -(-max(sum(p.shape[-1] for p in group) for group in parts) // 8) * 8
+    out = []
+    for group in parts:
+        b, h, n, _ = group[0].shape
+        buffer = group[0].new_zeros(b, n, h, width).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D)
+        start = 0
+        for piece in group:
+            buffer[..., start : start + piece.shape[-1]] = piece
+            start += piece.shape[-1]
+        out.append(buffer)
+    return out
 
 
 def install_processors(unet, control: AttentionControl) -> None:

@@ -52,15 +52,39 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "f
                "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (x86 AVX512-BF16 or AMX; Arm BF16).
+    Without it PyTorch converts to float32 around every operation, and bfloat16 runs about half
+    as fast as float32 (measured: docs/performance.md)."""
+    import platform
+
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        if any(probe is not None and probe() for probe in probes):
+            return True
+    except RuntimeError:
+        pass
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:
+            return " bf16" in Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return False
+
+
 def resolve_dtype(dtype: str, device):
-    """`auto`: fp16 on CUDA; on CPU the G4SEG_CPU_DTYPE setting (bfloat16 unless set to float32)."""
+    """`auto`: fp16 on CUDA; on CPU the G4SEG_CPU_DTYPE setting, else bfloat16 where the CPU
+    computes it in hardware and float32 where it does not."""
     import torch
 
     dtype = (dtype or "auto").lower()
     if dtype == "auto":
         if device.type == "cuda":
             return torch.float16
-        dtype = os.environ.get("G4SEG_CPU_DTYPE", "bfloat16").lower()
+        dtype = os.environ.get("G4SEG_CPU_DTYPE", "").strip().lower() or (
+            "bfloat16" if cpu_computes_bfloat16() else "float32")
     if dtype not in DTYPE_NAMES:
         raise SettingError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16, float16)")
     resolved = getattr(torch, DTYPE_NAMES[dtype])

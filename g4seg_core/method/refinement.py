@@ -213,7 +213,9 @@ class SignalRefiner(Engine):
         prob0 = np.stack([soft_prior(crop(it.prior, it.roi, size, cv2.INTER_LINEAR), softness, cfg.threshold)
                           for it in items])
         outcome = run_loop(torch.from_numpy(prob0).to(signal.device), signal, cfg)
-        probs, touched = outcome.probability.cpu().numpy(), outcome.touched.cpu().numpy()
+        # One transfer to the host: the probabilities and where the loop worked, together.
+        host = torch.stack([outcome.probability, outcome.touched.to(outcome.probability.dtype)]).cpu().numpy()
+        probs, touched = host[0], host[1] > 0
         return [self._to_image(image, it, probs[i], touched[i], signal.side, outcome) for i, it in enumerate(items)]
 
     def _to_image(self, image, item: RegionItem, prob: np.ndarray, touched: np.ndarray, side: int,

@@ -81,14 +81,17 @@ class G4SegRefiner(SignalRefiner):
 
     def set_image(self, image: np.ndarray, key: str | None = None) -> None:
         """The image the next refinements are on, named by `key` (a task and URL, a path): its
-        per-image work is cached under that name. Without a key the image counts as new."""
+        per-image work is cached under that name. Without a key the image counts as new.
+        Pass the same (RGB uint8) array to the refinements: it is recognised by its memory, in
+        constant time, never by hashing its pixels."""
         self._image = np.asarray(image)
         self._image_key = key if key is not None else f"unnamed-{next(_anonymous)}"
 
     def _key(self, image: np.ndarray) -> str:
-        """The set image's key when `image` is (a view of) it; otherwise it becomes the set image."""
+        """The set image's key when `image` is that array (or a view of it with the same pixels);
+        otherwise `image` becomes the set image, unnamed."""
         held = self._image
-        if held is None or image.shape[:2] != held.shape[:2] or not np.may_share_memory(image, held):
+        if held is None or not _same_pixels(image, held):
             self.set_image(image)
         return self._image_key
 
@@ -160,6 +163,14 @@ class G4SegRefiner(SignalRefiner):
         if rgb.shape[-1] != self.signal_side:
             rgb = F.interpolate(rgb, size=(self.signal_side, self.signal_side), mode="area")
         return rgb
+
+
+def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether `a` reads exactly the memory `b` does (same start, shape and strides): constant
+    time, whatever the image's size. (An RGBA image is copied to RGB on every call, so it is
+    recognised only when the RGB copy is what is set and passed.)"""
+    return (a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 class _G4SegSignal(Signal):

@@ -218,6 +218,32 @@ def test_two_labels_come_back_as_two_non_overlapping_brushes(client):
     assert set(masks) == {"Cat", "Dog"} and not (masks["Cat"] & masks["Dog"]).any()
 
 
+def test_a_second_click_on_a_task_reuses_the_engines_work_on_its_image(files, tiny_model):
+    # G4Seg (the tiny model): the backend names the image by task and URL, so the second shape
+    # on a task pays only its mask-conditioned passes: no VAE encoding, no reference pass. The
+    # image is fetched and decoded again for each request here (no image cache): the name, not
+    # the array, is what the engine's cache trusts.
+    from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.model import counting
+    from g4seg_core.method.refiner import G4SegRefiner
+
+    engine = G4SegRefiner(tiny_model, RefinerConfig(roi=False, iterations=1, early_stop=False))
+    test_client, app = make_client(files, engine_loader=lambda: EngineStatus("g4seg", engine), image_cache_size=0)
+    try:
+        with counting(tiny_model) as first:
+            only_result(test_client.post("/predict", json=predict_body([polygon()])))
+        moved = [[x + 5, y] for x, y in SQUARE]
+        with counting(tiny_model) as second:
+            only_result(test_client.post("/predict", json=predict_body([polygon(moved)])))
+        with counting(tiny_model) as other_task:
+            only_result(test_client.post("/predict", json=predict_body([polygon(moved)], tasks=[task(task_id=2)])))
+    finally:
+        app.extensions["g4seg"].writeback.stop()
+    assert first["vae_encode"] == 1 and first["unet"] == 2
+    assert second["vae_encode"] == 0 and second["unet"] == 1
+    assert other_task["vae_encode"] == 1 and other_task["unet"] == 2  # another task: its own name
+
+
 def test_opening_a_task_with_nothing_to_refine_answers_at_once_with_nothing(client):
     prediction = only_result(client.post("/predict", json=predict_body()))
     assert prediction == {"result": [], "score": 0.0, "model_version": "identity"}

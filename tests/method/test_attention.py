@@ -140,3 +140,33 @@ def test_capture_records_row_stochastic_maps(tiny_model, inputs):
     assert self16.shape == (1, 256, 256)
     assert torch.allclose(self16.sum(-1), torch.ones(1, 256), atol=1e-4)
     assert capture.self_counts[16] == 3  # one transformer on the way down, two on the way up
+
+
+def test_injected_passes_run_in_the_fused_kernel(tiny_model, inputs):
+    # With only the fused (flash) kernel allowed, SDPA raises rather than fall back to the slow path.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    z, text, tokens = inputs
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 32:96] = 1
+    allowed = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens))
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        fused = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens))
+    assert torch.equal(fused, allowed)
+
+
+def test_padded_heads_have_one_size_a_multiple_of_8_in_the_stock_layout():
+    from g4seg_core.method.attention import fused_heads
+
+    q, k, v = torch.randn(2, 5, 30, 64), torch.randn(2, 5, 30, 64), torch.randn(2, 5, 30, 64)
+    extra_q, extra_k = torch.randn(2, 5, 30, 2), torch.randn(2, 5, 30, 2)
+    qa, ka, va = fused_heads([q, extra_q], [k, extra_k], [v])
+    assert qa.shape == ka.shape == va.shape == (2, 5, 30, 72)
+    # (B, N, H, D) in memory, as cuDNN attention asks: stride(1) == D, stride(2) == H * D.
+    assert all(t.stride() == (30 * 5 * 72, 72, 5 * 72, 1) for t in (qa, ka, va))
+    assert torch.equal(qa[..., :64], q) and torch.equal(qa[..., 64:66], extra_q) and not qa[..., 66:].any()
+    assert torch.equal(va[..., :64], v) and not va[..., 64:].any()
+    # Zeros change nothing: the padded attention equals the unpadded one.
+    plain = torch.softmax(torch.cat([q, extra_q], -1) @ torch.cat([k, extra_k], -1).transpose(-1, -2), -1) @ v
+    padded = torch.nn.functional.scaled_dot_product_attention(qa, ka, va, scale=1.0)[..., :64]
+    assert torch.allclose(padded, plain, atol=1e-5)

@@ -50,3 +50,12 @@ def test_the_discrepancy_has_at_least_the_latent_resolution():
     assert discrepancy_side("rgb", 512, 8, 128) == 128
     assert discrepancy_side("rgb", 512, 8, 32) == 64  # never coarser than the latent grid
     assert resolve_space("auto", fast_decoder=True) == "rgb" and resolve_space("auto", fast_decoder=False) == "latent"
+
+
+@pytest.mark.parametrize("budget", [1, 500, 1 << 30])  # one window row per chunk, a few, all at once
+def test_the_chunking_of_the_window_changes_nothing(budget):
+    rng = np.random.default_rng(5)
+    a = torch.from_numpy(rng.normal(size=(3, 4, 12, 10)).astype(np.float32))
+    b = torch.from_numpy(rng.normal(size=(3, 4, 12, 10)).astype(np.float32))
+    expected = np.stack([slow_local_hausdorff(a[i].numpy(), b[i].numpy(), 3) for i in range(3)])
+    np.testing.assert_allclose(local_hausdorff(a, b, 3, budget=budget).numpy(), expected, rtol=1e-4, atol=1e-4)

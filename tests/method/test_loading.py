@@ -5,6 +5,7 @@ import socket
 import pytest
 
 from g4seg_core.errors import SettingError
+from g4seg_core.method import loading
 from g4seg_core.method.loading import (
     WeightsNotFoundError,
     locate_weights,
@@ -62,7 +63,11 @@ def test_device_and_dtype_resolution(monkeypatch):
     monkeypatch.setenv("G4SEG_CPU_DTYPE", "float32")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     monkeypatch.delenv("G4SEG_CPU_DTYPE")
+    # Unset: bfloat16 only where the CPU computes it in hardware (else it runs at half float32's speed).
+    monkeypatch.setattr(loading, "cpu_computes_bfloat16", lambda: True)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_computes_bfloat16", lambda: False)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     with pytest.raises(SettingError, match="float16 is not supported on the CPU"):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(SettingError, match="unknown dtype"):
@@ -125,3 +130,31 @@ def test_auto_space_is_rgb_with_a_fast_decoder_and_latent_without(tiny_model, ti
     assert tiny_model.fast_decoder is not None and G4SegRefiner(tiny_model).space == "rgb"
     bare = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", decoder="none")
     assert G4SegRefiner(bare).space == "latent"
+
+
+def test_compile_is_off_unless_asked_and_the_compiled_unet_gives_the_same_masks(tiny_model, tiny_model_dir, monkeypatch):
+    import numpy as np
+
+    from g4seg_core.errors import SettingError
+    from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.model import resolve_compile
+    from g4seg_core.method.refiner import G4SegRefiner
+    from g4seg_core.prompts import Prompt
+
+    monkeypatch.delenv("G4SEG_COMPILE", raising=False)
+    assert resolve_compile(None) is None and resolve_compile("off") is None and tiny_model.compiled is None
+    assert resolve_compile("on") == "inductor" and resolve_compile("1") == "inductor"
+    with pytest.raises(SettingError, match="not a torch.compile backend"):
+        resolve_compile("fastest")
+    # Dynamo traces the UNet with our attention processors (reference and injected passes); the
+    # eager backend keeps the test to seconds (inductor would compile C++ for minutes).
+    monkeypatch.setenv("G4SEG_COMPILE", "eager")
+    compiled = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert compiled.compiled == "eager"
+    config = RefinerConfig(iterations=1, early_stop=False, discrepancy_space="latent")
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 20:50] = True
+    expected = G4SegRefiner(tiny_model, config).refine(image, Prompt(mask=mask), "cat").probability
+    got = G4SegRefiner(compiled, config).refine(image, Prompt(mask=mask), "cat").probability
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -92,8 +92,12 @@ def test_the_named_image_is_what_the_cache_trusts(tiny_model, image, coarse):
     assert calls["vae_encode"] == 1
     refiner.set_image(image, "photo.jpg")  # named again: the cache under that name is used
     with counting(tiny_model) as calls:
-        refiner.refine(image, Prompt(mask=coarse), "cat")
-    assert calls["vae_encode"] == 0
+        trace = refiner.refine_trace(image, Prompt(mask=coarse), "cat")
+    assert calls["vae_encode"] == 0 and calls["unet"] == trace.passes  # no reference pass either
+    refiner.set_image(image, "another-task.jpg")  # another name: encoded and referenced again
+    with counting(tiny_model) as calls:
+        trace = refiner.refine_trace(image, Prompt(mask=coarse), "cat")
+    assert calls["vae_encode"] == 1 and calls["unet"] == 1 + trace.passes
 
 
 def test_a_mask_that_does_not_change_costs_no_second_unet_call(tiny_model, image, coarse):
@@ -116,6 +120,44 @@ def test_multiclass_masks_do_not_overlap(tiny_model, image, coarse):
     results = refiner.refine_classes(image, {"cat": Prompt(mask=coarse), "dog": Prompt(mask=other)})
     assert results["cat"].mask.any() and results["dog"].mask.any()
     assert not (results["cat"].mask & results["dog"].mask).any()
+
+
+def three_shapes(coarse):
+    return {"cat": coarse, "dog": np.roll(coarse, (15, 20), axis=(0, 1)), "bird": np.roll(coarse, -25, axis=1)}
+
+
+def test_the_signal_of_a_batch_of_regions_equals_each_regions_own(tiny_model, image, coarse):
+    # The default (RGB) space: the UNet, the fast decoder and the Hausdorff distance, batched.
+    import torch
+
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(alpha=2.0))
+    items = [refiner.item(m.astype(np.float32), k) for k, m in three_shapes(coarse).items()]
+    assert len({it.roi for it in items}) == 3  # three different crops in one batch
+    masks = torch.from_numpy(np.random.default_rng(0).random((3, 128, 128)) > 0.5)
+    refiner.set_image(image, "batched")
+    together = refiner.make_signal(image, items)(masks, torch.ones(3, dtype=torch.bool))
+    for i, item in enumerate(items):
+        refiner.set_image(image, f"alone-{i}")
+        alone = refiner.make_signal(image, [item])(masks[i : i + 1], torch.ones(1, dtype=torch.bool))[0]
+        assert alone.max() > 0 and (together[i] - alone).abs().max() <= 1e-3 * alone.max()
+
+
+def test_classes_refined_as_one_batch_equal_them_refined_one_by_one(tiny_model, image, coarse):
+    # The latent space: there the tiny random model's discrepancy is far from the threshold
+    # everywhere, so the batch's last-digit differences cannot flip a pixel and fork the loop.
+    refiner = G4SegRefiner(tiny_model, RefinerConfig(iterations=3, alpha=2.0, early_stop=False,
+                                                     discrepancy_space="latent"))
+    prompts = {k: Prompt(mask=m) for k, m in three_shapes(coarse).items()}
+    refiner.set_image(image, "one-by-one")
+    with counting(tiny_model) as single:
+        alone = {k: refiner.refine(image, prompts[k], k) for k in prompts}
+    refiner.set_image(image, "batched")
+    with counting(tiny_model) as batched:
+        together = refiner.refine_classes(image, prompts)
+    assert single["unet"] == 3 * 4 and batched["unet"] == 4  # a reference pass and 3 passes: batched
+    for k in prompts:
+        np.testing.assert_allclose(together[k].probability, alone[k].probability, atol=1e-4)
+        assert (alone[k].probability != coarse).any()  # something moved: the comparison means something
 
 
 @pytest.mark.parametrize("roi", [True, False])
