@@ -25,8 +25,8 @@ and size, so a long run can be cut into chunks:
     python benchmarks/refine_speed.py --runs float32:256,float32:128 --parts default,latent,classes
     python benchmarks/refine_speed.py --device cuda --runs float16:512 --parts default,latent,naive,classes
 
-Writes benchmarks/results/refine_speed-<device>.json and the refine_speed block of docs/performance.md
-(--render-only rewrites the block from the JSON).
+Writes benchmarks/results/refine_speed-<device>.json and the refine_speed-<device> block of
+docs/performance.md (--render-only rewrites the block from the JSON).
 """
 from __future__ import annotations
 
@@ -352,7 +352,7 @@ def main() -> int:
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results" / f"refine_speed-{args.device.split(':')[0]}.json"
     if args.render_only:
-        replace_block("refine_speed", render(json.loads(results.read_text())))
+        replace_block(f"refine_speed-{results.stem.split('-')[-1]}", render(json.loads(results.read_text())))
         return 0
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -380,7 +380,7 @@ def main() -> int:
         merge(saved, args.device, dtype, int(size), args.iterations, parts, measured)
         write_json(saved, results)  # after each run: a chunk cut short keeps what it measured
     if not args.no_doc:
-        replace_block("refine_speed", render(saved))
+        replace_block(f"refine_speed-{args.device.split(':')[0]}", render(saved))
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class InteractorConfig:
 class InteractorRequest:
     image: np.ndarray  # RGB uint8 HxWx3
     prompt: Prompt
+    # The image's name for the engine's per-image caches: CVAT sends the frame's file with every
+    # click and no other name, so a digest of those (compressed) bytes, a fraction of decoding them.
+    key: str = ""
 
 
 def _points(value: Any, field: str) -> list[tuple[float, float]]:
@@ -118,7 +122,8 @@ def parse_request(body: Any) -> InteractorRequest:
     box = _box(data.get("obj_bbox"))
     if not positive and box is None:
         raise RequestError("nothing to segment: give at least one positive click or a box")
-    return InteractorRequest(image, Prompt(box=box, positive_points=positive, negative_points=negative))
+    return InteractorRequest(image, Prompt(box=box, positive_points=positive, negative_points=negative),
+                             key="cvat:" + hashlib.blake2b(raw, digest_size=16).hexdigest())
 
 
 def _json_response(context, payload: dict, status_code: int = 200):
@@ -143,6 +148,7 @@ def handler(context, event):
         request = parse_request(event.body)
         for note in edge_notes(request.prompt, *request.image.shape[:2]):
             context.logger.info(f"g4seg: {note}")
+        context.user_data.engine.set_image(request.image, request.key)  # the next click on this frame is warm
         result = context.user_data.engine.refine(request.image, request.prompt, context.user_data.label)
     except UserError as exc:  # the request's fault; anything else is a bug and fails loudly
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

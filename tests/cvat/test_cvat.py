@@ -209,6 +209,23 @@ def _bad(interactor, body, *words, content_type="application/json"):
     return reason
 
 
+def test_a_second_click_on_the_same_frame_reuses_the_engines_work(tiny_model_dir, photo):
+    # CVAT sends the frame with every click: the handler names it by a digest of those bytes, so
+    # the second click pays only its mask-conditioned passes (no VAE encoding, no reference pass).
+    from g4seg_core.method.model import counting
+
+    photo, _ = photo
+    with deployed("g4seg", tiny_model_dir) as g4seg:
+        box = [[30, 20], [110, 80]]
+        assert g4seg.call(request_body(photo, box=box))[0] == 200
+        model = g4seg.platform._get_handler_context(g4seg.module.handler).user_data.engine.model
+        with counting(model) as second:
+            assert g4seg.call(request_body(photo, pos=[(70, 50)], box=box))[0] == 200
+        with counting(model) as other_frame:
+            assert g4seg.call(request_body(np.ascontiguousarray(photo[::-1]), box=box))[0] == 200
+    assert second["vae_encode"] == 0 and 1 <= second["unet"] and other_frame["vae_encode"] == 1
+
+
 def test_no_points_and_no_box(classic, photo):
     image, _ = photo
     _bad(classic, request_body(image), "positive click", "box")
