@@ -132,29 +132,28 @@ def test_auto_space_is_rgb_with_a_fast_decoder_and_latent_without(tiny_model, ti
     assert G4SegRefiner(bare).space == "latent"
 
 
-def test_compile_is_off_unless_asked_and_the_compiled_unet_gives_the_same_masks(tiny_model, tiny_model_dir, monkeypatch):
-    import numpy as np
+def test_compile_is_off_unless_asked_and_the_compiled_unet_injects_the_same(tiny_model, tiny_model_dir, monkeypatch):
+    import torch
 
-    from g4seg_core.errors import SettingError
-    from g4seg_core.method.config import RefinerConfig
+    from g4seg_core.method.attention import MaskInjection
     from g4seg_core.method.model import resolve_compile
-    from g4seg_core.method.refiner import G4SegRefiner
-    from g4seg_core.prompts import Prompt
 
     monkeypatch.delenv("G4SEG_COMPILE", raising=False)
     assert resolve_compile(None) is None and resolve_compile("off") is None and tiny_model.compiled is None
     assert resolve_compile("on") == "inductor" and resolve_compile("1") == "inductor"
     with pytest.raises(SettingError, match="not a torch.compile backend"):
         resolve_compile("fastest")
-    # Dynamo traces the UNet with our attention processors (reference and injected passes); the
-    # eager backend keeps the test to seconds (inductor would compile C++ for minutes).
+    # Dynamo traces the UNet through our attention processors (a mask-injected pass); the eager
+    # backend keeps the test to seconds (inductor would compile C++ for minutes).
     monkeypatch.setenv("G4SEG_COMPILE", "eager")
     compiled = SDModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
     assert compiled.compiled == "eager"
-    config = RefinerConfig(iterations=1, early_stop=False, discrepancy_space="latent")
-    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
-    mask = np.zeros((64, 64), bool)
-    mask[16:48, 20:50] = True
-    expected = G4SegRefiner(tiny_model, config).refine(image, Prompt(mask=mask), "cat").probability
-    got = G4SegRefiner(compiled, config).refine(image, Prompt(mask=mask), "cat").probability
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    z, text = tiny_model.noise((1, 4, 16, 16), seed=0), tiny_model.encode_text(["a photograph of a cat"])
+    tokens = torch.zeros(1, 77)
+    tokens[0, 5] = 1
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 40:100] = 1
+    expected = tiny_model.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=2.0))
+    got = compiled.predict_x0(z, 100, text, injection=MaskInjection(mask, tokens, alpha=2.0))
+    assert not torch.allclose(expected, tiny_model.predict_x0(z, 100, text))  # the injection does something
+    assert torch.allclose(got, expected, atol=1e-5)
