@@ -24,20 +24,22 @@ from backend.ls_format import (
     FormatError,
     LabelConfig,
     Region,
-    brush_result,
+    enclosed_region,
     enclosing_region,
     group_by_label,
-    is_shape,
     items_digest,
+    mask_results,
     parse_label_config,
     parse_region,
     prompt_from_regions,
     rough_items,
+    shape_items,
 )
 from backend.settings import Settings
 from g4seg_core.cache import LRUCache
 from g4seg_core.engines.factory import EngineStatus
 from g4seg_core.errors import ImageError, SettingError, UserError
+from g4seg_core.edges import boundary_certainty
 from g4seg_core.prompts import edge_notes
 
 log = logging.getLogger(__name__)
@@ -228,9 +230,11 @@ class RefineService:
 
         Label Studio 1.23 sends both the same way. A task whose latest annotation holds rough shapes
         gets them refined (from the cache when already done); any other task is answered at once
-        with the last result this process made for it, or nothing.
+        with the last result this process made for it, or nothing. "Nothing" is an empty list for
+        that task: Label Studio then stores no prediction, so the task is not marked as predicted
+        and "Retrieve Predictions" still asks again later (an empty prediction would block it).
         """
-        version = self.model_version()
+        self.model_version()  # 503 while the model loads: Label Studio stores nothing
         results = []
         for task in tasks:
             annotation = latest_annotation(task)
@@ -243,7 +247,7 @@ class RefineService:
                     raise  # busy or not ready: the whole request fails, Label Studio saves nothing
                 log.warning("task %s: cannot refine its latest annotation: %s", task["id"], status[1])
                 self.metrics.inc("task_errors")
-                results.append({"result": [], "score": 0.0, "model_version": version, "error": status[1]})
+                results.append([])  # stored as no prediction: a later retrieval tries again
                 continue
             if prediction is None:
                 prediction = self.by_task.get(task["id"])
@@ -256,8 +260,7 @@ class RefineService:
                         raise
                     log.warning("task %s: cannot pre-annotate: %s", task["id"], status[1])
                     self.metrics.inc("task_errors")
-                    prediction = {"result": [], "score": 0.0, "model_version": version, "error": status[1]}
-            results.append(prediction or {"result": [], "score": 0.0, "model_version": version})
+            results.append(prediction if prediction and prediction["result"] else [])
         return results
 
     def _preannotate(self, task: dict, config: LabelConfig) -> Prediction:
@@ -271,7 +274,7 @@ class RefineService:
                                                              refine=self.settings.preannotate_refine)
             except SettingError as exc:
                 raise BackendError(409, f"G4SEG_PREANNOTATE is set but {exc}") from None
-        output = config.output_for(None)
+        output = self._output(config, None)
         image = self._task_image(task, output)
         with self.gate.slot(), self.gate.engine_lock:
             prediction = self._preannotator.predict(image, output)
@@ -282,26 +285,33 @@ class RefineService:
         """A shape drawn in the labeling screen (brush, polygon, smart rectangle or keypoint)."""
         if not isinstance(items, list):
             raise FormatError("params.context.result must be a list of regions")
-        shapes = [item for item in items if is_shape(item)]
+        shapes = shape_items(items)
         if not shapes:
             raise FormatError("the context holds no brush, polygon, rectangle or keypoint region")
         to_name = _name(shapes[0].get("to_name"))
-        image = self._task_image(task, config.output_for(to_name))
+        image = self._task_image(task, self._output(config, to_name))
         height, width = image.shape[:2]
         regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in shapes]
         saved: list[list[Region]] | None = None
         groups: dict[str, list[Region]] = {}
         for label, group in group_by_label(regions).items():
             out_label = label
+            shape = None
             if all(r.kind == "keypoint" for r in group):
                 # A click alone: if it lies in a rough shape already saved on the task, refine that shape.
                 click = next((r for r in group if r.positive), group[0])
                 saved = self._saved_regions(task, height, width) if saved is None else saved
                 shape = next((s for s in (enclosing_region(src, *click.point, label) for src in saved) if s), None)
-                if shape is not None:
-                    group = [shape, *group]
-                    if label not in config.output_for(to_name, label).labels:
-                        out_label = shape.label
+            elif all(r.kind == "rectangle" for r in group):
+                # A box alone: if it holds a rough shape already saved on the task, refine that shape
+                # within the box (in the screen a click on a saved shape selects it; a box drawn
+                # around it is the one gesture that reaches the backend).
+                saved = self._saved_regions(task, height, width) if saved is None else saved
+                shape = next((s for s in (enclosed_region(src, group, label) for src in saved) if s), None)
+            if shape is not None:
+                group = [shape, *group]
+                if label not in self._output(config, to_name, label).labels:
+                    out_label = shape.label
             groups.setdefault(out_label, []).extend(group)
         prediction = self._refine(image, groups, config, to_name)
         self.by_task.put(task["id"], prediction)
@@ -309,19 +319,24 @@ class RefineService:
 
     def _refine_items(self, task: dict, items: list[dict], config: LabelConfig) -> Prediction:
         to_name = _name(items[0].get("to_name"))
-        image = self._task_image(task, config.output_for(to_name))
+        image = self._task_image(task, self._output(config, to_name))
         height, width = image.shape[:2]
         regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in items]
         return self._refine(image, group_by_label(regions), config, to_name)
 
     # ------------------------------------------------------------ the common end
 
+    def _output(self, config: LabelConfig, to_name: str | None, label: str | None = None):
+        """The tag refined masks go to: brush, or polygon with G4SEG_OUTPUT=polygon (or a project
+        whose config has a polygon tag and no brush tag)."""
+        return config.output_for(to_name, label, config.output_tool(self.settings.output))
+
     def _refine(self, image: np.ndarray, groups: dict[str, list[Region]], config: LabelConfig,
                 to_name: str | None) -> Prediction:
         height, width = image.shape[:2]
         outputs = {}
         for label in groups:
-            output = config.output_for(to_name, label)
+            output = self._output(config, to_name, label)
             outputs[label] = output
             output.check_label(label)
         prompts = {label: prompt_from_regions(regions, height, width) for label, regions in groups.items()}
@@ -336,10 +351,11 @@ class RefineService:
         self.metrics.inc("refine_seconds", time.perf_counter() - started)
         result, scores = [], []
         for label, outcome in refined.items():
-            if outcome.mask.any():  # an empty brush region is of no use to the annotator
-                result.append(brush_result(outcome.mask, label, outputs[label], outcome.score))
-                scores.append(outcome.score)
-        score = float(np.mean(scores)) if scores else 0.0
+            if outcome.mask.any():  # an empty region is of no use to the annotator
+                score = boundary_certainty(image, outcome.probability, outcome.mask)
+                result.extend(mask_results(outcome.mask, label, outputs[label], score))
+                scores.append(score)
+        score = float(np.min(scores)) if scores else 0.0  # a task is as doubtful as its most doubtful mask
         return {"result": result, "score": round(score, 4), "model_version": status.engine.version}
 
     def _task_image(self, task: dict, output) -> np.ndarray:
@@ -349,15 +365,17 @@ class RefineService:
         return self.fetcher.fetch(url, task_id=task["id"])
 
     def _saved_regions(self, task: dict, height: int, width: int) -> list[list[Region]]:
-        """Shapes saved on the task (annotations and drafts), newest source first."""
+        """Rough shapes saved on the task (annotations and drafts), newest source first."""
         sources = [s for key in ("drafts", "annotations") for s in (task.get(key) or []) if isinstance(s, dict)]
         sources.sort(key=lambda s: str(s.get("updated_at") or s.get("created_at") or ""), reverse=True)
         out = []
         for source in sources:
             regions = []
-            for item in source.get("result") or []:
-                if not is_shape(item):
-                    continue
+            try:
+                items = rough_items(source.get("result") or [])
+            except FormatError:
+                continue
+            for item in items:
                 try:
                     regions.append(parse_region(item, height, width, self.settings.max_image_pixels))
                 except FormatError as exc:  # a broken saved region is skipped, the click still counts

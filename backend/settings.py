@@ -20,8 +20,11 @@ _OWN_NAMES = {
     "G4SEG_THREADS", "G4SEG_WORKERS", "G4SEG_TIMEOUT", "G4SEG_MAX_IMAGE_PIXELS", "G4SEG_MAX_IMAGE_BYTES",
     "G4SEG_MAX_REQUEST_BYTES", "G4SEG_QUEUE_SIZE", "G4SEG_WRITEBACK_QUEUE_SIZE", "G4SEG_WRITEBACK_RETRIES",
     "G4SEG_WRITEBACK_BACKOFF", "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV",
-    "G4SEG_LOG_LEVEL", "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE",
+    "G4SEG_LOG_LEVEL", "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE", "G4SEG_OUTPUT",
 }
+
+
+OUTPUT_CHOICES = ("brush", "polygon")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Settings:
     # Batch predictions for tasks with no rough shape: text-only masks (iseg | diffsegmenter), or off.
     preannotate_method: str | None = None
     preannotate_refine: bool = True
+    # Refined masks as brush regions, or as polygons (for teams that export polygons); a project
+    # whose config has only one of the two tags gets that one whatever this says.
+    output: str = "brush"
 
     @property
     def auth_enabled(self) -> bool:
@@ -91,6 +97,7 @@ class Settings:
             log_level=(env.get("G4SEG_LOG_LEVEL") or env.get("LOG_LEVEL") or cls.log_level).upper(),
             preannotate_method=_preannotate_method(env.get("G4SEG_PREANNOTATE", "")),
             preannotate_refine=_flag("G4SEG_PREANNOTATE_REFINE", env.get("G4SEG_PREANNOTATE_REFINE", "true")),
+            output=_choice("G4SEG_OUTPUT", env.get("G4SEG_OUTPUT", "brush") or "brush", OUTPUT_CHOICES),
         )
         numbers = {
             "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),

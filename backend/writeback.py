@@ -26,6 +26,7 @@ from backend.ls_format import (
     FormatError,
     items_digest,
     parse_label_config,
+    renumber_regions,
     rough_items,
     writeback_marker,
     writeback_region_id,
@@ -194,8 +195,7 @@ class WriteBack:
 
     def _write(self, job: Job, prediction: dict, digest: str) -> str:
         annotation_id = job.annotation["id"]
-        result = [dict(region, id=writeback_region_id(annotation_id, digest, i))
-                  for i, region in enumerate(prediction["result"])]
+        result = renumber_regions(prediction["result"], lambda n: writeback_region_id(annotation_id, digest, n))
         client = self._client = self._client or self._client_factory()
         existing = client.predictions.list(task=job.task["id"])
         mine = [p for p in existing if any(str(r.get("id", "")).startswith(writeback_marker(annotation_id))

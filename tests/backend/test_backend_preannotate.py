@@ -61,16 +61,18 @@ def test_off_by_default_a_task_without_shapes_gets_nothing(files, refiner):
     client, app = client_for(files, lambda: EngineStatus("g4seg", refiner))
     try:
         (prediction,) = client.post("/predict", json=predict_body(tasks=[task()])).get_json()["results"]
-        assert prediction["result"] == []
+        assert prediction == []  # no prediction stored
     finally:
         app.extensions["g4seg"].writeback.stop()
 
 
-def test_classic_engine_cannot_preannotate_and_says_why(files):
+def test_classic_engine_cannot_preannotate_and_says_why(files, caplog):
     client, app = client_for(files, lambda: create_engine("identity"), preannotate_method="iseg")
     try:
-        (prediction,) = client.post("/predict", json=predict_body(tasks=[task()])).get_json()["results"]
-        assert prediction["result"] == [] and "G4SEG_PREANNOTATE" in prediction["error"]
+        with caplog.at_level("WARNING", logger="backend.service"):
+            (prediction,) = client.post("/predict", json=predict_body(tasks=[task()])).get_json()["results"]
+        assert prediction == []  # nothing stored: Retrieve Predictions may try again once it is fixed
+        assert any("G4SEG_PREANNOTATE" in r.getMessage() for r in caplog.records)
     finally:
         app.extensions["g4seg"].writeback.stop()
 
