@@ -479,6 +479,22 @@ def mask_results(mask: np.ndarray, label: str, output: BrushOutput, score: float
     return out
 
 
+def note_results(items: list[dict], reason: str) -> list[dict]:
+    """The annotator's first drawn region again, under a new id, with `reason` as its meta text: how
+    an interactive call says why it could not refine (Label Studio's screen shows it as a suggestion
+    at the shape, and the reason in the Info panel once the region is selected)."""
+    shapes = shape_items(items)
+    if not shapes:
+        return []
+    first = shapes[0].get("id")
+    note_id = f"{OWN_ID_PREFIX}n{uuid.uuid4().hex[:10]}"
+    keep = ("from_name", "to_name", "type", "value", "original_width", "original_height", "image_rotation",
+            "is_positive")
+    picked = [i for i in items if isinstance(i, dict) and first is not None and i.get("id") == first] or shapes[:1]
+    return [{**{k: item[k] for k in keep if k in item}, "id": note_id, "score": 0.0,
+             "meta": {"text": [f"g4seg: {reason}"]}} for item in picked]
+
+
 def renumber_regions(result: list[dict], make_id) -> list[dict]:
     """`result` with each region's id replaced by make_id(n), n counting regions: the two items of
     one region (a bare tool's and its "labels" item) keep sharing one id."""

@@ -29,11 +29,14 @@ from backend.ls_format import (
     group_by_label,
     items_digest,
     mask_results,
+    note_results,
     parse_label_config,
     parse_region,
     prompt_from_regions,
+    renumber_regions,
     rough_items,
     shape_items,
+    writeback_region_id,
 )
 from backend.settings import Settings
 from g4seg_core.cache import LRUCache
@@ -156,6 +159,11 @@ class RefineGate:
 
 
 Prediction = dict  # {"result": [...], "score": float, "model_version": str}
+# Failures of an interactive call that are the annotator's to fix (a shape or click that cannot be
+# refined, a label the output tag lacks) or to report (an image that cannot be read or fetched):
+# answered with a note the screen shows. Requests that are malformed, refused (403) or too large
+# (413) keep their status: they do not come from an annotator's gesture.
+NOTE_STATUSES = (400, 422, 502)
 
 
 class RefineService:
@@ -239,8 +247,14 @@ class RefineService:
         for task in tasks:
             annotation = latest_annotation(task)
             try:
-                prediction, _ = self.refine_annotation(task, annotation, config, use_gate=True) if annotation \
+                prediction, digest = self.refine_annotation(task, annotation, config, use_gate=True) if annotation \
                     else (None, None)
+                if prediction is not None and isinstance(annotation.get("id"), int):
+                    # The ids the webhook write-back gives the same refinement: saving then reopening a
+                    # task makes Label Studio ask here and send the webhook at once; the write-back sees
+                    # these ids on the stored prediction and does not store a second one.
+                    prediction = dict(prediction, result=renumber_regions(
+                        prediction["result"], lambda n: writeback_region_id(annotation["id"], digest, n)))
             except Exception as exc:
                 status = error_status(exc)
                 if status is None or status[0] == 503:
@@ -288,6 +302,21 @@ class RefineService:
         shapes = shape_items(items)
         if not shapes:
             raise FormatError("the context holds no brush, polygon, rectangle or keypoint region")
+        try:
+            return self._interactive_shapes(task, shapes, config)
+        except UserError as exc:
+            status = error_status(exc)
+            if status is None or status[0] not in NOTE_STATUSES:
+                raise
+            # Label Studio 1.23's screen drops an interactive call's error (any non-200, or an
+            # "errors" field) without a trace; what it shows is a suggested region, and a region's
+            # meta text in its Info panel. So the annotator's own mistakes come back as a note.
+            log.info("task %s: interactive request not refined (%d): %s", task["id"], status[0], status[1])
+            self.metrics.inc("interactive_notes")
+            return {"result": note_results(items, status[1]), "score": 0.0, "model_version": self.model_version(),
+                    "error": status[1]}
+
+    def _interactive_shapes(self, task: dict, shapes: list[dict], config: LabelConfig) -> Prediction:
         to_name = _name(shapes[0].get("to_name"))
         image = self._task_image(task, self._output(config, to_name))
         height, width = image.shape[:2]
