@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import httpx
 import numpy as np
 
-from backend.ls_format import BrushOutput, FormatError, brush_result
+from backend.ls_format import BrushOutput, FormatError, mask_results
 from g4seg_core.engines.base import Engine
 from g4seg_core.errors import SettingError, UserError
 from g4seg_core.method.textseg import TextSegmenter, config_for, refine_segmentation
@@ -82,7 +82,7 @@ class Preannotator:
         for label, mask in segmentation.masks.items():
             if mask.any():  # an empty brush region is of no use to the annotator
                 score = segmentation.score(label)
-                result.append(brush_result(mask, label, output, score))
+                result.extend(mask_results(mask, label, output, score))
                 scores.append(score)
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": result, "score": round(score, 4), "model_version": self.model_version}

@@ -174,7 +174,7 @@ class RefineService:
         self.gate = RefineGate(settings.queue_size)
         self.metrics = Metrics()
         self.by_shapes = LRUCache(settings.result_cache_size)  # (task id, shapes digest) -> Prediction
-        self.by_task = LRUCache(settings.result_cache_size)  # task id -> latest Prediction
+        self.by_task = LRUCache(settings.result_cache_size)  # task id -> its text-only pre-annotation
         self._preannotator = None  # text-only masks for tasks without rough shapes (G4SEG_PREANNOTATE)
 
     # ------------------------------------------------------------ routes
@@ -238,7 +238,7 @@ class RefineService:
 
         Label Studio 1.23 sends both the same way. A task whose latest annotation holds rough shapes
         gets them refined (from the cache when already done); any other task is answered at once
-        with the last result this process made for it, or nothing. "Nothing" is an empty list for
+        with its text-only pre-annotation (G4SEG_PREANNOTATE), or nothing. "Nothing" is an empty list for
         that task: Label Studio then stores no prediction, so the task is not marked as predicted
         and "Retrieve Predictions" still asks again later (an empty prediction would block it).
         """
@@ -342,9 +342,9 @@ class RefineService:
                 if label not in self._output(config, to_name, label).labels:
                     out_label = shape.label
             groups.setdefault(out_label, []).extend(group)
-        prediction = self._refine(image, groups, config, to_name)
-        self.by_task.put(task["id"], prediction)
-        return prediction
+        # Not kept for the task: a suggestion the annotator accepts is in the annotation already, and
+        # storing it again as a prediction on the next task open would show it twice.
+        return self._refine(image, groups, config, to_name)
 
     def _refine_items(self, task: dict, items: list[dict], config: LabelConfig) -> Prediction:
         to_name = _name(items[0].get("to_name"))
@@ -414,7 +414,6 @@ class RefineService:
 
     def _remember(self, task_id: int, digest: str, prediction: Prediction) -> None:
         self.by_shapes.put((task_id, digest), prediction)
-        self.by_task.put(task_id, prediction)
 
 
 def latest_annotation(task: dict) -> dict | None:

@@ -1,7 +1,8 @@
 """End to end: a real Label Studio 1.23.2 and the backend as a real `g4seg serve` process.
 
 For each engine (the classic one, and G4Seg with the tiny random-weight model): a project from
-label_config.xml, images imported, the backend registered with basic auth; then every way a rough
+tests/e2e/rows_config.xml (one *Labels tag per tool; the browser tests cover the shipped
+label_config.xml), images imported, the backend registered with basic auth; then every way a rough
 shape reaches the backend must come back as a brush mask at the image's size that overlaps the
 rough shape, and predictions must land on the tasks.
 """
