@@ -338,6 +338,7 @@ class RefineService:
                 saved = self._saved_regions(task, height, width) if saved is None else saved
                 shape = next((s for s in (enclosed_region(src, group, label) for src in saved) if s), None)
             if shape is not None:
+                self.metrics.inc("interactive_saved_shapes")  # how often the refine-what-I-drew gesture is used
                 group = [shape, *group]
                 if label not in self._output(config, to_name, label).labels:
                     out_label = shape.label

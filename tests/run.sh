@@ -5,4 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+# The browser tests drive Debian's chromium (Playwright's own browser download is not reachable).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "tests/run.sh: /usr/bin/chromium is missing; install Debian's chromium (apt-get install chromium)" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"

@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 LABEL_STUDIO_VERSION = "1.23.2"
+USERNAME, PASSWORD = "e2e@g4seg.test", "g4seg-e2e-password"  # the account Label Studio starts with
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -134,8 +135,8 @@ class LabelStudio:
         env = dict(
             os.environ,
             LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-            LABEL_STUDIO_USERNAME="e2e@g4seg.test",
-            LABEL_STUDIO_PASSWORD="g4seg-e2e-password",
+            LABEL_STUDIO_USERNAME=USERNAME,
+            LABEL_STUDIO_PASSWORD=PASSWORD,
             LABEL_STUDIO_USER_TOKEN=token,
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
@@ -242,6 +243,11 @@ class LabelStudio:
 
     def webhooks(self, project: int) -> list[dict]:
         return self.call("GET", f"/api/webhooks/?project={project}")
+
+    def delete_webhooks(self, project: int) -> None:
+        """Stop the project's webhooks (saved annotations then reach no backend)."""
+        for hook in self.webhooks(project):
+            self.call("DELETE", f"/api/webhooks/{hook['id']}/", expect=(200, 204))
 
     def interactive(self, ml_backend: int, task: int, context_result: list[dict]) -> dict:
         """What the labeling screen sends for a smart tool; returns Label Studio's answer ({"data": ...})."""
