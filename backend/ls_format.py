@@ -259,7 +259,8 @@ def parse_region(item: dict, height: int, width: int, max_pixels: int) -> Region
         raise FormatError(f"{where} has no value object")
     labels = value.get(kind_key) or value.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise FormatError(f"{where} has no label ({kind_key} must be a non-empty list of names)")
+        raise FormatError(f"{where} has no label: pick a label, then draw ({kind_key} or labels must be a "
+                          "non-empty list of names)")
     to_name = item.get("to_name")
     if not isinstance(to_name, str) or not to_name:
         raise FormatError(f"{where} has no to_name")

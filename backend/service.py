@@ -40,9 +40,9 @@ from backend.ls_format import (
 )
 from backend.settings import Settings
 from g4seg_core.cache import LRUCache
+from g4seg_core.edges import boundary_certainty
 from g4seg_core.engines.factory import EngineStatus
 from g4seg_core.errors import ImageError, SettingError, UserError
-from g4seg_core.edges import boundary_certainty
 from g4seg_core.prompts import edge_notes
 
 log = logging.getLogger(__name__)

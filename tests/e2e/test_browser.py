@@ -258,7 +258,8 @@ def test_retrieve_predictions_refines_a_task_that_was_opened_before(screen, proj
     screen.page.locator("input[type=checkbox]").first.check()  # the header box: all (one) tasks
     screen.page.get_by_role("button", name="Tasks Actions").click()
     screen.page.get_by_text("Retrieve Predictions", exact=True).click()
-    with screen.page.expect_response(lambda r: "/api/dm/actions" in r.url, timeout=120_000) as info:
+    with screen.page.expect_response(lambda r: "/api/dm/actions?" in r.url and r.request.method == "POST",
+                                     timeout=120_000) as info:
         screen.page.locator(".lsf-modal button, [class*=modal] button").filter(has_text="OK").first.click()
     assert info.value.status == 200
     (prediction,) = ls.predictions(task)
