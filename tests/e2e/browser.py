@@ -215,5 +215,5 @@ class Screen:
         image = Image.open(path).convert("RGB")
         if image.width > width:
             image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
-        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        image.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         return path

@@ -74,7 +74,7 @@ def screen(browser, label_studio, request, tmp_path_factory):
 def doc_picture(screen, name: str, element: str | None = None) -> None:
     """A picture for docs/annotators.md, when asked for (G4SEG_UPDATE_SCREENSHOTS=1)."""
     if os.environ.get("G4SEG_UPDATE_SCREENSHOTS") == "1":
-        screen.screenshot(DOC_IMAGES / f"{name}.png", element=element)
+        screen.screenshot(DOC_IMAGES / f"{name}.png", element=element or ".lsf-editor", width=760)
 
 
 # ---------------------------------------------------------------- helpers
@@ -199,7 +199,15 @@ def test_a_polygon_saved_comes_back_refined_once_after_a_reload(screen, project)
     (tab,) = [t for t in screen.tabs() if "%" in t]  # the prediction's tab: model and score
     assert f"{100 * prediction['score']:.2f}%" in tab
     screen.open_tab("%")
+    screen.page.mouse.move(5, 5)  # the tab's tooltip away
     doc_picture(screen, "annotators-prediction")
+    # To keep it: the tab's menu, "Duplicate Annotation": an annotation of one's own, ready to edit and submit.
+    screen.page.locator(".lsf-annotation-button", has_text="%").first.locator("button").last.click()
+    screen.page.get_by_text("Duplicate Annotation", exact=True).click()
+    screen.submit()
+    copies = [a for a in project.ls.call("GET", f"/api/tasks/{task}/annotations/") if brush_items(a["result"])]
+    (copy,) = copies
+    assert iou(the_mask(copy["result"]), truth) > 0.8
 
 
 def test_a_smart_box_around_a_saved_polygon_refines_that_polygon(screen, project):
