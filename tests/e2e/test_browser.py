@@ -202,7 +202,7 @@ def test_a_polygon_saved_comes_back_refined_once_after_a_reload(screen, project)
     screen.page.mouse.move(5, 5)  # the tab's tooltip away
     doc_picture(screen, "annotators-prediction")
     # To keep it: the tab's menu, "Duplicate Annotation": an annotation of one's own, ready to edit and submit.
-    screen.page.locator(".lsf-annotation-button", has_text="%").first.locator("button").last.click()
+    screen.page.locator(".lsf-annotation-button", has_text="%").first.locator(".lsf-annotation-button__trigger").click()
     screen.page.get_by_text("Duplicate Annotation", exact=True).click()
     screen.submit()
     copies = [a for a in project.ls.call("GET", f"/api/tasks/{task}/annotations/") if brush_items(a["result"])]
