@@ -44,6 +44,20 @@ def queue_env(request, tmp_path, label_studio) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def serve(start_backend):
+    """`start_backend`, but stopped when the test ends: no server of this test consumes the next test's queue."""
+    started = []
+
+    def start(env: dict[str, str]):
+        started.append(start_backend(env))
+        return started[-1]
+
+    yield start
+    for backend in started:
+        backend.stop()
+
+
 @contextlib.contextmanager
 def queue_of(env: dict[str, str]):
     queue = JobQueue(Settings.from_env(env))
@@ -107,13 +121,13 @@ def metric(backend, name: str, **labels) -> float | None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_a_killed_server_loses_no_writeback_and_writes_none_twice(sig, queue_env, label_studio, start_backend,
+def test_a_killed_server_loses_no_writeback_and_writes_none_twice(sig, queue_env, label_studio, serve,
                                                                    label_config_xml, test_images):
     count = 12
     env = dict(queue_env, G4SEG_WORKERS="2")  # two workers share the queue; one consumes at a time
     with queue_of(env) as queue:
         with lease_held(queue):
-            backend = start_backend(env)
+            backend = serve(env)
             project, tasks = new_project(label_studio, backend, label_config_xml, test_images, count,
                                          f"e2e queue {sig.name} {'redis' if 'G4SEG_QUEUE_URL' in env else 'sqlite'}",
                                          seed=20)
@@ -137,10 +151,10 @@ def test_a_killed_server_loses_no_writeback_and_writes_none_twice(sig, queue_env
         assert queue.stats()["dead_letters"] == 0
 
 
-def test_a_dead_letter_is_shown_and_replayed(queue_env, label_studio, start_backend, label_config_xml, test_images,
+def test_a_dead_letter_is_shown_and_replayed(queue_env, label_studio, serve, label_config_xml, test_images,
                                              monkeypatch, capsys):
     env = dict(queue_env, G4SEG_WRITEBACK_MAX_AGE="4")
-    backend = start_backend(env)
+    backend = serve(env)
     images = test_images(2, seed=30)
     kind = "redis" if "G4SEG_QUEUE_URL" in env else "sqlite"
     project = label_studio.create_project(label_config_xml, title=f"e2e dead letters {kind}")
@@ -179,7 +193,7 @@ def test_a_dead_letter_is_shown_and_replayed(queue_env, label_studio, start_back
     wait_for(lambda: backend.get("/health").json()["queue"]["dead_letters"] == 0, 30, "no dead letters")
 
 
-def test_sweep_queues_what_no_webhook_brought_once(queue_env, label_studio, start_backend, label_config_xml,
+def test_sweep_queues_what_no_webhook_brought_once(queue_env, label_studio, serve, label_config_xml,
                                                      test_images, monkeypatch, capsys):
     if "G4SEG_QUEUE_URL" in queue_env:
         pytest.skip("the sweep's queueing is the same code on both stores; the SQLite run covers it")
@@ -191,7 +205,7 @@ def test_sweep_queues_what_no_webhook_brought_once(queue_env, label_studio, star
     assert main(["sweep", "--project", str(project)]) == 2
     assert "start the server first" in capsys.readouterr().err  # no server has run on this queue yet
 
-    backend = start_backend(queue_env)
+    backend = serve(queue_env)
     with queue_of(queue_env) as queue:
         wait_for(lambda: queue.model_version() is not None, 30, "the server's model version")
     assert main(["sweep", "--project", str(project)]) == 0
