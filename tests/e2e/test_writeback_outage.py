@@ -44,14 +44,15 @@ def test_a_three_minute_label_studio_outage_loses_no_writeback(label_studio, sta
             tasks = list(zip(ls.import_images(project, [path for path, _ in images]),
                              [rough_box(mask) for _, mask in images]))
             late[kind] = annotate(ls, tasks[2:])  # saved before the backend is connected: no webhook yet
-            servers[kind] = start_backend(env)
-            ls.register_ml_backend(project, servers[kind].url, basic_auth=servers[kind].auth)
-            early[kind] = annotate(ls, tasks[:2])  # Label Studio sends these webhooks
+            # Read before the backend is connected: with one, GET /api/tasks/<id> asks it for a prediction.
             project_body = ls.call("GET", f"/api/projects/{project}")
             bodies[kind] = [{"action": "ANNOTATION_CREATED", "project": project_body,
                              "task": ls.call("GET", f"/api/tasks/{task}"),
                              "annotation": ls.call("GET", f"/api/annotations/{annotation}")}
                             for task, annotation in late[kind]]
+            servers[kind] = start_backend(env)
+            ls.register_ml_backend(project, servers[kind].url, basic_auth=servers[kind].auth)
+            early[kind] = annotate(ls, tasks[:2])  # Label Studio sends these webhooks
         for kind, queue in queues.items():
             deadline = time.monotonic() + 60
             while queue.stats()["queued"] < 2:
