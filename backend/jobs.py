@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -198,7 +199,7 @@ class JobQueue:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
                 self.huey = SqliteHuey(name, filename=str(self.sqlite_path), results=False, serializer=serializer,
                                        timeout=10)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise QueueUnavailable(f"cannot open the job queue in {settings.data_dir} (G4SEG_DATA_DIR): {exc}") from None
         self.ledger = self.huey.storage
         self.dead = self._sibling("dead")

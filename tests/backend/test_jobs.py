@@ -225,3 +225,14 @@ def test_queue_settings_from_the_environment(tmp_path):
     assert settings.writeback_max_age == 3600 and settings.writeback_max_delay == 30
     with pytest.raises(SettingError, match="G4SEG_QUEUE_URL"):
         Settings.from_env({"G4SEG_QUEUE_URL": "postgres://db/queue"})
+
+
+def test_serve_refuses_a_data_dir_it_cannot_use_in_one_line(monkeypatch, capsys):
+    from g4seg_core.cli import main
+
+    for name, value in {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k" * 40,
+                        "G4SEG_DATA_DIR": "/proc/g4seg-queue"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("g4seg: error: cannot open the job queue in /proc/g4seg-queue") and err.count("\n") == 1
