@@ -17,7 +17,7 @@ import contextlib
 import time
 
 import pytest
-from test_labelstudio_backend import polygon_region, rough_box
+from test_labelstudio_backend import rough_box
 from test_writeback_queue import annotate, assert_all_written_once, lease_held, queue_of, written
 
 pytestmark = pytest.mark.e2e
