@@ -13,10 +13,12 @@ import time
 from types import SimpleNamespace
 from typing import Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from backend.fetch import ImageFetcher
+from backend.jobs import QueueCollector
 from backend.service import BackendError, EngineHolder, RefineService, error_status
 from backend.settings import Settings
 from backend.writeback import WriteBack
@@ -79,6 +81,11 @@ def create_app(
                 body["warning"] = holder.status.warning
         if holder.error:
             body["error"] = holder.error
+        if settings.can_write_back:  # jobs waiting, and the dead letters' ids
+            try:
+                body["queue"] = writeback.queue.health()
+            except BackendError as exc:
+                body["queue"] = {"error": exc.reason}
         return jsonify(body), 200 if holder.state == "ready" else 503
 
     @app.post("/setup")
@@ -102,20 +109,13 @@ def create_app(
     def versions():
         return jsonify(versions=[service.model_version()])
 
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServiceCollector(holder, service))
+    registry.register(QueueCollector(lambda: writeback.queue))
+
     @app.get("/metrics")
     def metrics_route():
-        counters = metrics.snapshot()
-        refinements = counters.get("refinements", 0)
-        return jsonify(
-            engine_state=holder.state,
-            model_version=holder.status.engine.version if holder.status else None,
-            uptime_s=round(time.time() - metrics.started, 1),
-            refinements_running_or_waiting=service.gate.in_use,
-            refinement_slots=service.gate.capacity,
-            writeback_pending=writeback.pending(),
-            mean_refine_s=round(counters.get("refine_seconds", 0) / refinements, 4) if refinements else None,
-            counters=counters,
-        )
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(Exception)
     def on_error(exc):
@@ -138,6 +138,32 @@ def create_app(
     holder.start(background=load_in_background)
     writeback.start()
     return app
+
+
+class _ServiceCollector:
+    """The engine's state and this process's counters, in Prometheus' text format."""
+
+    def __init__(self, holder: EngineHolder, service: RefineService):
+        self.holder, self.service = holder, service
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        version = self.holder.status.engine.version if self.holder.status else ""
+        yield InfoMetricFamily("g4seg_engine", "The engine's state and model version",
+                               value={"state": self.holder.state, "model_version": version})
+        yield GaugeMetricFamily("g4seg_uptime_seconds", "Seconds since this worker started",
+                                value=time.time() - self.service.metrics.started)
+        yield GaugeMetricFamily("g4seg_refinement_slots", "Refinements that may run or wait at once in this worker",
+                                value=self.service.gate.capacity)
+        yield GaugeMetricFamily("g4seg_refinements_in_use", "Refinements running or waiting in this worker",
+                                value=self.service.gate.in_use)
+        for name, value in sorted(self.service.metrics.snapshot().items()):
+            yield CounterMetricFamily(f"g4seg_{name}", f"{name.replace('_', ' ')} (this worker, since it started)",
+                                      value=value)
 
 
 def _json_body():

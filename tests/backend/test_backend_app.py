@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
+from prometheus_sample import metric
 
 from backend.app import create_app
 from backend.settings import Settings
@@ -47,7 +48,7 @@ def files(tmp_path):
 
 
 def make_client(files, engine_loader=None, **settings):
-    settings = Settings(local_files_root=files, **settings)
+    settings = Settings(local_files_root=files, **{"data_dir": files.parent / "queue", **settings})
     app = create_app(settings, engine_loader=engine_loader or (lambda: create_engine("identity")),
                      load_in_background=False)
     return app.test_client(), app
@@ -137,9 +138,10 @@ def test_setup_refuses_a_project_without_a_brush_or_polygon_tag(client):
 
 def test_metrics_count_requests_and_refinements(client):
     client.post("/predict", json=predict_body([polygon()]))
-    metrics = client.get("/metrics").get_json()
-    assert metrics["counters"]["refinements"] == 1 and metrics["counters"]["requests_predict"] == 1
-    assert metrics["engine_state"] == "ready" and metrics["refinement_slots"] == 4
+    assert metric(client, "g4seg_refinements_total") == 1 and metric(client, "g4seg_requests_predict_total") == 1
+    assert metric(client, "g4seg_engine_info", state="ready", model_version="identity") == 1
+    assert metric(client, "g4seg_refinement_slots") == 4
+    assert client.get("/metrics").content_type.startswith("text/plain")
 
 
 def test_basic_auth_guards_everything_but_health(files):
@@ -223,7 +225,7 @@ def test_opening_a_task_with_nothing_to_refine_answers_at_once_with_nothing(clie
     # then, so the task is not marked as predicted and "Retrieve Predictions" asks again later.
     answer = client.post("/predict", json=predict_body())
     assert answer.status_code == 200 and answer.get_json()["results"] == [[]]
-    assert client.get("/metrics").get_json()["counters"].get("refinements", 0) == 0
+    assert metric(client, "g4seg_refinements_total") == 0
 
 
 def test_opening_a_task_after_an_interactive_refinement_stores_nothing(client):
@@ -231,7 +233,7 @@ def test_opening_a_task_after_an_interactive_refinement_stores_nothing(client):
     assert only_result(client.post("/predict", json=predict_body([polygon()])))["result"]
     answer = client.post("/predict", json=predict_body())
     assert answer.get_json()["results"] == [[]]
-    assert client.get("/metrics").get_json()["counters"]["refinements"] == 1
+    assert metric(client, "g4seg_refinements_total") == 1
 
 
 def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
@@ -246,7 +248,7 @@ def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
     assert iou(decoded(third["result"][0]), square_mask()) > 0.9
     # The same shapes again come from the cache.
     client.post("/predict", json=predict_body(tasks=tasks))
-    assert client.get("/metrics").get_json()["counters"]["refinements"] == 2
+    assert metric(client, "g4seg_refinements_total") == 2
 
 
 def test_one_bad_task_in_a_batch_does_not_sink_the_others(client):
@@ -254,7 +256,7 @@ def test_one_bad_task_in_a_batch_does_not_sink_the_others(client):
     tasks = [task(task_id=1, annotations=[good]), task(image="notes.png", task_id=2, annotations=[good])]
     first, second = client.post("/predict", json=predict_body(tasks=tasks)).get_json()["results"]
     assert first["result"] and second == []  # nothing stored for it, so a later retrieval tries again
-    assert client.get("/metrics").get_json()["counters"]["task_errors"] == 1
+    assert metric(client, "g4seg_task_errors_total") == 1
 
 
 # ---------------------------------------------------------------- bad input: a JSON reason, and the worker keeps serving
@@ -465,34 +467,57 @@ def webhook_body(annotation_id=5, result=None, action="ANNOTATION_CREATED"):
                                                     "was_cancelled": False}}
 
 
-def test_webhook_answers_at_once_and_retries_then_logs_when_label_studio_is_down(files, caplog):
-    # Nothing listens on port 9: every write-back attempt fails to connect.
+def test_webhook_answers_at_once_and_dead_letters_after_the_age_limit_when_label_studio_is_down(files, caplog):
+    # Nothing listens on port 9: every try fails to connect, until the job is older than the age limit.
     client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40,
-                              writeback_retries=2, writeback_backoff=0.01)
-    writeback = app.extensions["g4seg"].writeback
+                              writeback_backoff=0.01, writeback_max_age=2.5)
     with caplog.at_level(logging.INFO, logger="backend"):
         started = time.perf_counter()
         answer = client.post("/webhook", json=webhook_body())
         assert answer.status_code == 200 and answer.get_json()["status"] == "queued"
+        assert answer.get_json()["job"].startswith("t3-a5-")
         assert time.perf_counter() - started < 2
-        assert writeback.wait_idle(60)
-    counters = client.get("/metrics").get_json()["counters"]
-    assert counters["writeback_retries"] == 2 and counters["writeback_failed"] == 1
-    assert counters["refinements"] == 1  # refined once; only the write was retried
+        deadline = time.monotonic() + 30
+        while client.get("/health").get_json()["queue"]["dead_letters"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.get_json()["status"] == "UP"
+    queue = health.get_json()["queue"]
+    assert queue["queued"] == 0 and [(d["task"], d["annotation"]) for d in queue["dead"]] == [(3, 5)]
+    assert metric(client, "g4seg_queue_dead_letters") == 1
+    assert metric(client, "g4seg_queue_dead_letter_failed_at_seconds", task="3", annotation="5") > 0
+    assert metric(client, "g4seg_writeback_retry_total") >= 2 and metric(client, "g4seg_writeback_dead_letter_total") == 1
     messages = [r.getMessage() for r in caplog.records]
-    assert any("retry 1 of 2" in m for m in messages) and any("giving up" in m for m in messages)
-    assert client.get("/health").status_code == 200
-    writeback.stop()
+    assert any("try 1 failed" in m for m in messages) and any("moved to the dead letters" in m for m in messages)
+    app.extensions["g4seg"].writeback.stop()
 
 
 def test_the_same_annotation_twice_is_queued_once(files):
-    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40,
-                              writeback_retries=30, writeback_backoff=1.0)
+    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40)
     assert client.post("/webhook", json=webhook_body()).get_json()["status"] == "queued"
     assert client.post("/webhook", json=webhook_body(action="ANNOTATION_UPDATED")).get_json()["status"] == "duplicate"
     moved = webhook_body(result=[polygon([[10, 10], [60, 10], [60, 60], [10, 60]])], action="ANNOTATION_UPDATED")
     assert client.post("/webhook", json=moved).get_json()["status"] == "queued"
-    app.extensions["g4seg"].writeback.stop(timeout=0.1)
+    assert client.get("/health").get_json()["queue"]["queued"] == 2
+    app.extensions["g4seg"].writeback.stop()
+
+
+def test_a_queued_job_keeps_ids_and_shapes_not_the_request(files):
+    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40)
+    body = webhook_body()
+    body["task"]["data"]["notes"] = "x" * 100_000  # task data the refinement does not need
+    body["task"]["predictions"] = [{"result": [brush(np.ones((H, W), bool))]}]
+    body["annotation"]["result"].append({"type": "choices", "value": {"choices": ["x" * 10_000]}})
+    assert client.post("/webhook", json=body).get_json()["status"] == "queued"
+    queue = app.extensions["g4seg"].writeback.queue
+    (job,) = queue.jobs()
+    assert set(job) == {"id", "kind", "project", "task", "annotation", "digest", "items", "config", "data",
+                        "queued_at", "attempts", "last_error"}
+    assert job["data"] == {"picture": "/data/local-files/?d=cat.png"} and job["items"] == [polygon()]
+    assert queue.label_config(job["config"]) == CONFIG  # stored once, by digest, for every job of the project
+    assert len(json.dumps(job)) < 2000
+    app.extensions["g4seg"].writeback.stop()
 
 
 @pytest.mark.parametrize("body, status, reason", [
@@ -516,14 +541,32 @@ def test_webhook_without_label_studio_credentials_is_ignored_with_a_reason(clien
 
 
 def test_webhook_queue_is_bounded(files):
-    engine = GatedEngine()
-    client, app = make_client(files, engine_loader=lambda: EngineStatus("gated", engine),
-                              label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40,
-                              writeback_queue_size=1, writeback_retries=0)
+    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40,
+                              writeback_queue_size=2)
     assert client.post("/webhook", json=webhook_body(annotation_id=1)).status_code == 200
-    assert engine.started.wait(10)  # the worker holds job 1; job 2 fills the queue
     assert client.post("/webhook", json=webhook_body(annotation_id=2)).status_code == 200
-    full = client.post("/webhook", json=webhook_body(annotation_id=3))
+    full = client.post("/webhook", json=webhook_body(annotation_id=3))  # the first two wait for Label Studio
     assert full.status_code == 503 and "busy" in full.get_json()["error"]
-    engine.go.set()
     app.extensions["g4seg"].writeback.stop()
+
+
+def test_an_unreachable_queue_answers_503_and_serve_refuses_to_start(files, monkeypatch, capsys):
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    url = f"redis://127.0.0.1:{closed}/0"
+    client, app = make_client(files, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40,
+                              queue_url=url)
+    answer = client.post("/webhook", json=webhook_body())
+    assert answer.status_code == 503 and f"cannot reach the job queue at {url}" in answer.get_json()["error"]
+    assert "cannot reach" in client.get("/health").get_json()["queue"]["error"]
+    assert metric(client, "g4seg_queue_up") == 0
+    app.extensions["g4seg"].writeback.stop()
+    for name, value in {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k" * 40,
+                        "G4SEG_QUEUE_URL": url}.items():
+        monkeypatch.setenv(name, value)
+    from g4seg_core.cli import main
+
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("g4seg: error: cannot reach the job queue") and err.count("\n") == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
+from prometheus_sample import metric
 
 from backend.app import create_app
 from backend.ls_format import (
@@ -275,7 +276,7 @@ def test_opening_a_task_stores_nothing_when_there_is_nothing_to_refine(make_clie
     # An accepted suggestion (our id, saved by Label Studio 1.23 with origin "manual") is not refined again.
     accepted = shared_items("brush", {"format": "rle", "rle": rle(square_mask())}, region_id="g4seg-r0123456789")
     assert predict(client, tasks=[task(annotations=[{"id": 5, "result": accepted}])]) == [[]]
-    assert client.get("/metrics").get_json()["counters"].get("refinements", 0) == 0
+    assert metric(client, "g4seg_refinements_total") == 0
 
 
 def test_polygon_output_when_asked_for(make_client):
