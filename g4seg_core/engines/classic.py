@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from g4seg_core.colourcut import colour_cut, signed_distance
 from g4seg_core.engines.base import Engine
 
 
@@ -175,11 +176,69 @@ class PAMREngine(RegionEngine):
         return prob
 
 
+def prior_log_odds(prior: np.ndarray, softness: float, max_logit: float) -> np.ndarray:
+    """How sure the annotator's input is about each pixel, as log-odds.
+
+    A drawn region (pixels exactly 0 or 1: a mask, a polygon, the outside of a box) is sure far
+    from its edge and unsure near it: its signed distance to the edge over `softness` pixels,
+    capped at `max_logit`. Pixels the input leaves uncertain (a box's inside, a click's halo)
+    keep the log-odds of their value."""
+    mask = prior > 0.5
+    logit = np.clip(signed_distance(mask) / max(softness, 1e-3), -max_logit, max_logit)
+    uncertain = (prior > 0) & (prior < 1)
+    if uncertain.any():
+        p = np.clip(prior[uncertain], 1e-3, 1 - 1e-3)
+        logit[uncertain] = np.log(p / (1 - p))
+    return logit
+
+
+@dataclass
+class ColourCutEngine(RegionEngine):
+    """The annotator's input as a soft prior, colour models of the object and its surroundings,
+    and a graph cut that follows image edges (`g4seg_core/colourcut.py`).
+
+    Where the colours cannot separate object from background the prior decides, so the result
+    falls back to the input instead of wandering off. The prior's softness (how far the drawn
+    edge may be from the true one) is measured on each input: a first cut with a loose prior
+    shows how far colour and edges move the drawn boundary, and the final cut trusts the drawn
+    boundary to about that distance."""
+
+    softness: float = 0.05  # prior's soft edge, fraction of the object's size (sqrt of its area)
+    adaptive: bool = True  # measure the softness per input (see the class docstring)
+    max_logit: float = 6.0
+    colour_weight: float = 1.0
+    smoothness: float = 10.0
+    rounds: int = 3
+    bins: int = 16
+
+    name = "colourcut"
+
+    def refine_region(self, image: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        mask = prior > 0.5
+        if not mask.any() or mask.all():
+            return prior
+        size = math.sqrt(float(mask.sum()))
+        softness = self.softness * size
+        settings = dict(colour_weight=self.colour_weight, smoothness=self.smoothness, bins=self.bins)
+        if self.adaptive:
+            loose = prior_log_odds(prior, 2 * softness, self.max_logit)
+            first, _ = colour_cut(image, loose, rounds=self.rounds, **settings)
+            moved = first != mask
+            if moved.any():
+                softness = float(np.clip(np.abs(signed_distance(mask)[moved]).mean(), 1.0, 2 * softness))
+        logit = prior_log_odds(prior, softness, self.max_logit)
+        cut, unary = colour_cut(image, logit, rounds=self.rounds, **settings)
+        # Probability on the cut's side of 0.5, as sure as the unary term that put it there.
+        confidence = np.maximum(1.0 / (1.0 + np.exp(-np.abs(np.clip(unary, -30, 30)))), 0.51)
+        return np.where(cut, confidence, 1.0 - confidence).astype(np.float32)
+
+
 PEERS: dict[str, type] = {
     "identity": IdentityEngine,
     "densecrf": DenseCRFEngine,
     "grabcut": GrabCutEngine,
     "pamr": PAMREngine,
+    "colourcut": ColourCutEngine,
 }
 
 # The engine the backend falls back to when G4Seg's weights cannot be loaded: the peer with the
