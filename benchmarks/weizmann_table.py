@@ -5,6 +5,7 @@ Weizmann Horse photos, one coarse kind per `g4seg bench` run, then merged.
     python benchmarks/weizmann_table.py --split test --kinds box     # one kind (a chunk of a few minutes)
     python benchmarks/weizmann_table.py --split test --merge-only    # the table from the chunks run so far
     python benchmarks/weizmann_table.py --speed                      # seconds per 512-pixel photo
+    python benchmarks/weizmann_table.py --ceiling                    # where the oracle ceiling caps (dev)
 
 Each kind runs as its own `g4seg bench --data weizmann:DIR:SPLIT --coarse KIND` into
 OUT/chunks/KIND/, so a long run can be split into short ones (the machines this project is
@@ -12,6 +13,10 @@ measured on are shared) and resumed; when every kind has run, the chunks are mer
 OUT/results.json, OUT/report.md and OUT/examples.png, and the `weizmann-SPLIT` block of
 docs/benchmarks.md is replaced. Tune on `dev`, report `test` (the split is fixed by the data
 loader: every fourth photo is dev).
+
+`--ceiling` runs the oracle on the dev photos' polygons with the signal exact, blurred by one
+latent cell, and blurred plus noise, with and without the edge-aware final step, and replaces
+the `weizmann-ceiling` block: what caps the machinery.
 
 `--speed` times the classic engines on photos scaled to 512 pixels on their long side (the
 Weizmann photos are stored smaller), from one rough polygon each, against GrabCut in the same run,
@@ -35,7 +40,7 @@ from benchmarks._report import ROOT, machine, replace_block, write_json  # noqa:
 
 DATA_DIR = Path(os.environ.get("G4SEG_WEIZMANN_DIR") or ROOT.parent / "shared" / "data" / "weizmann_horse")
 KINDS = "polygon:8,polygon:16,dilate:10,erode:5,jitter:4,lowres:16,box,points:3,scribble"
-METHODS = "identity,colourcut,grabcut,densecrf,pamr,g4seg-oracle,g4seg-oracle:0.1"
+METHODS = "identity,colourcut,grabcut,densecrf,pamr,g4seg-oracle:0.1"
 ORACLES = ("g4seg-oracle",)
 
 
@@ -114,6 +119,30 @@ def docs_block(rows: list[dict], split: str, kinds: list[str], methods: str, met
     ])
 
 
+CEILING_METHODS = "identity,g4seg-oracle,g4seg-oracle:0,g4seg-oracle:0.1"
+
+
+def ceiling(out: Path) -> str:
+    from g4seg_core.cli import main as g4seg
+    from g4seg_core.evaluation.bench import results_table
+
+    parts = []
+    for name, extra in (("edge-aware", []), ("no-edge-step", ["--setting", "edge_aware=false"])):
+        argv = ["bench", "--data", f"weizmann:{DATA_DIR}:dev", "--coarse", "polygon:8,polygon:16", "--methods",
+                CEILING_METHODS, *extra, "--examples", "0", "--no-progress", "--out", str(out / name)]
+        status = g4seg(argv)
+        if status:
+            raise SystemExit(status)
+        rows = json.loads((out / name / "results.json").read_text())
+        shown = " ".join(argv).replace(str(DATA_DIR), "DIR").replace(str(out / name), "OUT")
+        parts += [f"Final step {'on' if not extra else 'off (`--setting edge_aware=false`)'}: `g4seg {shown}`", "",
+                  results_table(rows), ""]
+    return "\n".join([
+        f"Measured {datetime.date.today().isoformat()} on {machine()}, by `python benchmarks/weizmann_table.py "
+        "--ceiling` (dev photos, polygons): `g4seg-oracle` exact, `:0` blurred by one latent cell, `:0.1` "
+        "blurred and noised.", ""] + parts).strip()
+
+
 def speed(photos: int) -> str:
     """Seconds per photo at 512 px for the classic engines (one rough polygon each), this run."""
     import cv2
@@ -158,6 +187,7 @@ def main() -> int:
     parser.add_argument("--merge-only", action="store_true")
     parser.add_argument("--speed", action="store_true", help="only the 512-pixel timing")
     parser.add_argument("--speed-photos", type=int, default=12)
+    parser.add_argument("--ceiling", action="store_true", help="only the oracle's caps on the dev polygons")
     parser.add_argument("--out", default=None, help="default benchmarks/results/weizmann-SPLIT")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args()
@@ -166,6 +196,12 @@ def main() -> int:
         print(text)
         if not args.no_docs:
             replace_block("weizmann-speed", text, doc=ROOT / "docs" / "benchmarks.md")
+        return 0
+    if args.ceiling:
+        text = ceiling(Path(args.out or ROOT / "benchmarks" / "results" / "weizmann-ceiling"))
+        print(text)
+        if not args.no_docs:
+            replace_block("weizmann-ceiling", text, doc=ROOT / "docs" / "benchmarks.md")
         return 0
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"weizmann-{args.split}")
     all_kinds = KINDS.split(",")
