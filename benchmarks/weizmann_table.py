@@ -6,6 +6,7 @@ Weizmann Horse photos, one coarse kind per `g4seg bench` run, then merged.
     python benchmarks/weizmann_table.py --split test --merge-only    # the table from the chunks run so far
     python benchmarks/weizmann_table.py --speed                      # seconds per 512-pixel photo
     python benchmarks/weizmann_table.py --ceiling                    # where the oracle ceiling caps (dev)
+    python benchmarks/weizmann_table.py --combine                    # all 328 photos, from dev + test
 
 Each kind runs as its own `g4seg bench --data weizmann:DIR:SPLIT --coarse KIND` into
 OUT/chunks/KIND/, so a long run can be split into short ones (the machines this project is
@@ -17,6 +18,10 @@ loader: every fourth photo is dev).
 `--ceiling` runs the oracle on the dev photos' polygons with the signal exact, blurred by one
 latent cell, and blurred plus noise, with and without the edge-aware final step, and replaces
 the `weizmann-ceiling` block: what caps the machinery.
+
+`--combine` writes the table of all 328 photos from the dev and test runs (object means weighted
+by their counts; mIoU needs the confusion matrices, so it is left out) into the `weizmann-all`
+block.
 
 `--speed` times the classic engines on photos scaled to 512 pixels on their long side (the
 Weizmann photos are stored smaller), from one rough polygon each, against GrabCut in the same run,
@@ -42,6 +47,18 @@ DATA_DIR = Path(os.environ.get("G4SEG_WEIZMANN_DIR") or ROOT.parent / "shared" /
 KINDS = "polygon:8,polygon:16,dilate:10,erode:5,jitter:4,lowres:16,box,points:3,scribble"
 METHODS = "identity,colourcut,grabcut,densecrf,pamr,g4seg-oracle:0.1"
 ORACLES = ("g4seg-oracle",)
+
+
+def _machine() -> str:
+    """`machine()` with the CPU's model and the memory, read from /proc where there is one."""
+    text = machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+        text += f" ({cpu}, {kib / 2**20:.0f} GiB)"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return text
 
 
 def _chunk_dir(out: Path, kind: str) -> Path:
@@ -77,7 +94,7 @@ def merge(kinds: list[str], out: Path, split: str, methods: str) -> list[dict] |
             grids.append(grid if not grids else grid[18:])  # one header (18 px) on top
     write_json(rows, out / "results.json")
     if grids:
-        save_png_atomic(np.concatenate(grids)[..., ::-1], out / "examples.png")
+        save_png_atomic(np.ascontiguousarray(np.concatenate(grids)[..., ::-1]), out / "examples.png")
     meta = json.loads((_chunk_dir(out, kinds[0]) / "meta.json").read_text())
     write_text_atomic("\n".join([
         "# g4seg bench report: Weizmann Horse, real photos", "",
@@ -138,9 +155,25 @@ def ceiling(out: Path) -> str:
         parts += [f"Final step {'on' if not extra else 'off (`--setting edge_aware=false`)'}: `g4seg {shown}`", "",
                   results_table(rows), ""]
     return "\n".join([
-        f"Measured {datetime.date.today().isoformat()} on {machine()}, by `python benchmarks/weizmann_table.py "
+        f"Measured {datetime.date.today().isoformat()} on {_machine()}, by `python benchmarks/weizmann_table.py "
         "--ceiling` (dev photos, polygons): `g4seg-oracle` exact, `:0` blurred by one latent cell, `:0.1` "
         "blurred and noised.", ""] + parts).strip()
+
+
+def combine(parts: list[Path]) -> list[dict]:
+    """Rows of several runs of the same methods and kinds as one: means weighted by object counts."""
+    runs = [json.loads((part / "results.json").read_text()) for part in parts]
+    rows = []
+    for group in zip(*runs):
+        if len({(r["method"], r["coarse"]) for r in group}) != 1:
+            raise SystemExit("the runs to combine differ in methods or kinds")
+        n = sum(r["n"] for r in group)
+        row = dict(group[0], n=n, images=sum(r["images"] for r in group), miou=None)
+        for key in ("iou", "biou", "mba", "bf"):
+            row[key] = sum(r[key] * r["n"] for r in group) / n
+        row["seconds_per_image"] = sum(r["seconds_per_image"] * r["images"] for r in group) / row["images"]
+        rows.append(row)
+    return rows
 
 
 def speed(photos: int) -> str:
@@ -172,7 +205,7 @@ def speed(photos: int) -> str:
 
     line = ", ".join(f"{n} {np.median(t):.2f} s (max {np.max(t):.2f})" for n, t in times.items())
     ratio = np.median(times["colourcut"]) / np.median(times["grabcut"])
-    return (f"Measured {datetime.date.today().isoformat()} on {machine()} ({torch.get_num_threads()} torch threads, "
+    return (f"Measured {datetime.date.today().isoformat()} on {_machine()} ({torch.get_num_threads()} torch threads, "
             f"1-minute load average {os.getloadavg()[0]:.2f}), by `python benchmarks/weizmann_table.py --speed`: "
             f"median seconds per photo scaled to 512 px on its long side, one rough 8-vertex polygon each, "
             f"{len(times['grabcut'])} test photos: {line}; colourcut / grabcut = {ratio:.2f}.")
@@ -188,6 +221,7 @@ def main() -> int:
     parser.add_argument("--speed", action="store_true", help="only the 512-pixel timing")
     parser.add_argument("--speed-photos", type=int, default=12)
     parser.add_argument("--ceiling", action="store_true", help="only the oracle's caps on the dev polygons")
+    parser.add_argument("--combine", action="store_true", help="all photos: the dev and test runs combined")
     parser.add_argument("--out", default=None, help="default benchmarks/results/weizmann-SPLIT")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args()
@@ -196,6 +230,20 @@ def main() -> int:
         print(text)
         if not args.no_docs:
             replace_block("weizmann-speed", text, doc=ROOT / "docs" / "benchmarks.md")
+        return 0
+    if args.combine:
+        results = ROOT / "benchmarks" / "results"
+        rows = combine([results / "weizmann-dev", results / "weizmann-test"])
+        out = results / "weizmann-all"
+        write_json(rows, out / "results.json")
+        from g4seg_core.evaluation.bench import results_table
+
+        text = "\n".join([
+            f"All {rows[0]['images']} photos (dev and test runs combined by `python benchmarks/weizmann_table.py "
+            "--combine`; object means weighted by count, mIoU left out):", "", results_table(rows), "", _summary(rows)])
+        print(text)
+        if not args.no_docs:
+            replace_block("weizmann-all", text, doc=ROOT / "docs" / "benchmarks.md")
         return 0
     if args.ceiling:
         text = ceiling(Path(args.out or ROOT / "benchmarks" / "results" / "weizmann-ceiling"))
@@ -213,7 +261,7 @@ def main() -> int:
             run_kind(kind, args.split, args.methods, out, examples=2)
             shown = (f"g4seg bench --data weizmann:DIR:{args.split} --coarse KIND --methods {args.methods} "
                      "--examples 2 --out OUT")
-            write_json({"command": shown, "machine": machine(),
+            write_json({"command": shown, "machine": _machine(),
                         "date": datetime.date.today().isoformat()}, chunk / "meta.json")
     rows = merge(all_kinds, out, args.split, args.methods)
     if rows is None:
