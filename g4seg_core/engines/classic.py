@@ -73,7 +73,10 @@ class RegionEngine(Engine):
             size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
             crop_img = cv2.resize(crop_img, size, interpolation=cv2.INTER_AREA)
             crop_prior = cv2.resize(crop_prior, size, interpolation=cv2.INTER_LINEAR)
-        refined = np.asarray(self.refine_region(np.ascontiguousarray(crop_img), crop_prior), dtype=np.float32)
+        # A writable contiguous copy where needed: the dense CRF's Cython code refuses a read-only
+        # view (a decoded photo that needed no resizing is one).
+        crop_img = np.require(crop_img, np.uint8, ("C", "W"))
+        refined = np.asarray(self.refine_region(crop_img, crop_prior), dtype=np.float32)
         if scale < 1.0:
             refined = cv2.resize(refined, (cw, ch), interpolation=cv2.INTER_LINEAR)
         out = np.zeros_like(prior)

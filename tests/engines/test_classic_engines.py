@@ -114,3 +114,12 @@ def test_colourcut_falls_back_to_the_outline_where_colours_cannot_tell():
     outline[25:65, 30:90] = True
     result = create_engine("colourcut").engine.refine(image, Prompt(mask=outline), "thing")
     assert metrics.iou(result.mask, outline) >= 0.95
+
+
+@pytest.mark.parametrize("name", IMAGE_READERS)
+def test_peer_accepts_a_read_only_photo(name):
+    # np.asarray of a decoded photo is read-only; the dense CRF's Cython code refused it.
+    image, mask = disc_scene(height=60, width=80, radius=15, centre=(30, 40))
+    image.setflags(write=False)
+    result = create_engine(name).engine.refine(image, Prompt(mask=coarse.dilate(mask, 25)), "disc")
+    assert result.mask.shape == mask.shape
