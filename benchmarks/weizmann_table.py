@@ -75,19 +75,23 @@ def run_kind(kind: str, split: str, methods: str, out: Path, examples: int) -> N
         raise SystemExit(status)
 
 
-def merge(kinds: list[str], out: Path, split: str, methods: str) -> list[dict] | None:
-    """The chunks' rows in kind order, their examples stacked; None while a kind is missing."""
+def merge(kinds: list[str], out: Path, split: str, methods: str, partial: bool = False) -> list[dict] | None:
+    """The chunks' rows in kind order, their examples stacked; None while a kind is missing
+    (with `partial`, the kinds run so far)."""
     import cv2
 
     from g4seg_core.evaluation.bench import results_table
     from g4seg_core.images import save_png_atomic, write_text_atomic
 
-    rows, grids = [], []
+    rows, grids, done = [], [], []
     for kind in kinds:
         chunk = _chunk_dir(out, kind)
         if not (chunk / "results.json").is_file():
             print(f"not run yet: {kind}")
+            if partial:
+                continue
             return None
+        done.append(kind)
         rows += json.loads((chunk / "results.json").read_text())
         if (chunk / "examples.png").is_file():
             grid = cv2.imread(str(chunk / "examples.png"))
@@ -95,7 +99,9 @@ def merge(kinds: list[str], out: Path, split: str, methods: str) -> list[dict] |
     write_json(rows, out / "results.json")
     if grids:
         save_png_atomic(np.ascontiguousarray(np.concatenate(grids)[..., ::-1]), out / "examples.png")
-    meta = json.loads((_chunk_dir(out, kinds[0]) / "meta.json").read_text())
+    if not rows:
+        return None
+    meta = json.loads((_chunk_dir(out, done[0]) / "meta.json").read_text())
     write_text_atomic("\n".join([
         "# g4seg bench report: Weizmann Horse, real photos", "",
         f"- made by: `python benchmarks/weizmann_table.py --split {split}`, one `g4seg bench` per coarse kind:",
@@ -103,8 +109,9 @@ def merge(kinds: list[str], out: Path, split: str, methods: str) -> list[dict] |
         f"- machine: {meta['machine']}", "",
         results_table(rows), "",
         _summary(rows), "",
-    ]), out / "report.md")
-    return rows
+    ] + ([f"Not run yet: {', '.join(k for k in kinds if k not in done)}.", ""] if len(done) < len(kinds) else [])),
+        out / "report.md")
+    return rows, done
 
 
 def _summary(rows: list[dict]) -> str:
@@ -218,6 +225,7 @@ def main() -> int:
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--redo", action="store_true", help="run kinds again even when their chunk exists")
     parser.add_argument("--merge-only", action="store_true")
+    parser.add_argument("--partial", action="store_true", help="merge the kinds run so far, say which are missing")
     parser.add_argument("--speed", action="store_true", help="only the 512-pixel timing")
     parser.add_argument("--speed-photos", type=int, default=12)
     parser.add_argument("--ceiling", action="store_true", help="only the oracle's caps on the dev polygons")
@@ -263,11 +271,15 @@ def main() -> int:
                      "--examples 2 --out OUT")
             write_json({"command": shown, "machine": _machine(),
                         "date": datetime.date.today().isoformat()}, chunk / "meta.json")
-    rows = merge(all_kinds, out, args.split, args.methods)
-    if rows is None:
+    merged = merge(all_kinds, out, args.split, args.methods, partial=args.partial)
+    if merged is None:
         return 0
-    meta = json.loads((_chunk_dir(out, all_kinds[0]) / "meta.json").read_text())
-    block = docs_block(rows, args.split, all_kinds, args.methods, meta)
+    rows, done = merged
+    meta = json.loads((_chunk_dir(out, done[0]) / "meta.json").read_text())
+    block = docs_block(rows, args.split, done, args.methods, meta)
+    missing = [k for k in all_kinds if k not in done]
+    if missing:
+        block += f"\n\nNot run yet on this split: {', '.join(missing)}."
     if not args.no_docs:
         replace_block(f"weizmann-{args.split}", block, doc=ROOT / "docs" / "benchmarks.md")
     print(block)
