@@ -165,6 +165,19 @@ def test_on_ray_two_actors_one_killed_mid_run_upload_eleven_once_and_a_second_ru
 
 
 @pytest.mark.e2e
+def test_on_ray_a_model_the_workers_cannot_find_is_a_one_line_error(label_studio, new_project, tmp_path, ray_here,
+                                                                     capsys):
+    project, tasks, _ = new_project("e2e preannotate ray no model", count=3)
+    rc = main(["preannotate", "--url", label_studio.url, "--api-key", label_studio.token, "--project", str(project),
+               "--model", str(tmp_path / "no-such-model"), "--device", "cpu", "--quiet", "--ray", "auto"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    (line,) = [line for line in err.splitlines() if line.startswith("g4seg: error")]
+    assert "no-such-model" in line
+    assert all(ours(label_studio, t) == [] for t in tasks)
+
+
+@pytest.mark.e2e
 def test_a_run_killed_mid_way_loses_nothing_uploaded_and_the_next_run_resumes(
         label_studio, new_project, tiny_model_dir, tmp_path, capsys):
     project, tasks, broken = new_project("e2e preannotate killed run")
