@@ -143,16 +143,18 @@ class OnRay:
         context.enable_progress_bars = False  # ours counts every task, whatever the executor
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        # One block per model batch, so that idle actors take the next one (load balancing).
+        # One block per model batch, so that idle actors take the next one (load balancing); no more
+        # actors than batches (each would load a model for nothing).
         blocks = max(1, math.ceil(len(rows) / plan.batch_size))
+        actors = min(self.actors, blocks)
         network = dict(num_cpus=0)  # downloads and uploads wait on the network
         gpus = dict(num_gpus=self.gpus_per_actor) if self.gpus_per_actor else {}
         dataset = (
             ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(DownloadStage, fn_constructor_args=(plan,), batch_size=plan.batch_size,
-                         compute=ActorPoolStrategy(size=self.download_workers), **network)
+                         compute=ActorPoolStrategy(size=min(self.download_workers, blocks)), **network)
             .map_batches(PredictStage, fn_constructor_args=(plan,), batch_size=plan.batch_size,
-                         compute=ActorPoolStrategy(size=self.actors), num_cpus=self.cpus_per_actor, **gpus)
+                         compute=ActorPoolStrategy(size=actors), num_cpus=self.cpus_per_actor, **gpus)
             .map_batches(UploadStage, fn_constructor_args=(plan,), batch_size=plan.upload_batch,
                          compute=ActorPoolStrategy(size=self.upload_workers), **network)
         )

@@ -158,10 +158,17 @@ def _executors_section(rows: list[dict], meta: dict) -> str:
                      f"{r['first_upload_s']:.1f} | {r['images_per_hour']:.0f} | "
                      f"{r['images_per_hour'] / base['images_per_hour']:.2f} | {r['compute_s']:.1f} | "
                      f"{r['images_per_hour_per_worker']:.0f} |")
+    lines.append("")
+    for r in rows[1:]:
+        together = 3600 * r["images"] / (r["compute_s"] / r["workers_that_computed"]) if r["compute_s"] else 0.0
+        lines.append(f"- {r['executor']}: its first upload came {r['first_upload_s'] - base['first_upload_s']:.0f} s "
+                     f"later than in-process; its {r['workers_that_computed']} worker(s) then computed "
+                     f"{together:.0f} images/hour together, {together / base['images_per_hour_per_worker']:.2f} "
+                     "times the in-process worker.")
     lines += [
         "",
-        "On one 2-core CPU the cores are the limit: two actors of one thread each compute about as fast as one "
-        "process of two threads, and Ray adds its start (the local Ray, a worker that loads the model to name its "
+        "On a CPU the cores are the limit: actors share them, so they add nothing to what one process with all "
+        "the threads computes, and Ray adds its start (the local Ray, a worker that loads the model to name its "
         "version, then every actor loading its own copy) before the first image. Ray pays off where each actor "
         "gets its own GPU: the actors then add up, and the start is paid once per run.",
     ]
