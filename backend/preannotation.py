@@ -263,7 +263,7 @@ class PredictStage:
         model = self.preannotator.segmenter.model
         device = str(model.device)
         if model.device.type == "cuda" and os.environ.get("CUDA_VISIBLE_DEVICES"):
-            device += f" {os.environ['CUDA_VISIBLE_DEVICES']}"
+            device = f"GPU {os.environ['CUDA_VISIBLE_DEVICES']}"  # the machine's numbering (Ray sets it per actor)
         self.worker = f"{socket.gethostname()}:{os.getpid()} ({device})"
         self.batches = 0
 
