@@ -618,10 +618,13 @@ def _cause(exc: BaseException, kind: type) -> BaseException | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        wrapped = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the worker's own exception
+        if isinstance(wrapped, BaseException):
+            exc = wrapped  # (whose message is one line, not the worker's traceback)
+            continue
         if isinstance(exc, kind):
             return exc
-        wrapped = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError
-        exc = wrapped if isinstance(wrapped, BaseException) else (exc.__cause__ or exc.__context__)
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
