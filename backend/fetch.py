@@ -12,6 +12,7 @@ import io
 import logging
 import posixpath
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,6 +32,11 @@ from g4seg_core.images import ImageError, decode_image
 log = logging.getLogger(__name__)
 
 CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
+# Every image request gives up: (seconds to connect, seconds to wait for each piece of the answer),
+# and a whole download within DOWNLOAD_DEADLINE seconds. label_studio_sdk's downloader passes no
+# timeout of its own, so the session sets these.
+DOWNLOAD_TIMEOUT = (10.0, 60.0)
+DOWNLOAD_DEADLINE = 300.0
 
 
 class ImageFetchError(ImageError):
@@ -59,8 +65,9 @@ def origin(url: str) -> tuple[str, str]:
 class _LabelStudioOnlySession(requests.Session):
     """Sends requests to one origin only (every redirect hop is checked) and caps body size."""
 
-    def __init__(self, allowed_url: str, max_bytes: int):
+    def __init__(self, allowed_url: str, max_bytes: int, timeout=DOWNLOAD_TIMEOUT, deadline=DOWNLOAD_DEADLINE):
         super().__init__()
+        self.timeout, self.deadline = timeout, deadline
         self.allowed = origin(allowed_url)
         self.allowed_url = allowed_url
         self.max_bytes = max_bytes
@@ -81,6 +88,9 @@ class _LabelStudioOnlySession(requests.Session):
                 f"refusing to fetch an image from {urlparse(request.url).netloc or request.url!r}: "
                 f"images come only from Label Studio at {self.allowed_url}"
             )
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        started = time.monotonic()
         response = super().send(request, **kwargs)
         if response.is_redirect:
             return response
@@ -91,6 +101,9 @@ class _LabelStudioOnlySession(requests.Session):
         body = bytearray()
         for chunk in response.iter_content(1 << 16):
             body += chunk
+            if time.monotonic() - started > self.deadline:
+                response.close()
+                raise ImageDownloadError(f"the image took over {self.deadline:g} s to download")
             if len(body) > self.max_bytes:
                 response.close()
                 raise ImageTooLarge(f"the image is over the limit of {self.max_bytes} bytes")
@@ -101,8 +114,10 @@ class _LabelStudioOnlySession(requests.Session):
 class ImageFetcher:
     """Downloads and decodes task images under the backend's rules; keeps the last few decoded."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, timeout: tuple[float, float] = DOWNLOAD_TIMEOUT,
+                 deadline: float = DOWNLOAD_DEADLINE):
         self.settings = settings
+        self.timeout, self.deadline = timeout, deadline
         self._cache = LRUCache(settings.image_cache_size)
 
     def fetch(self, url, task_id: int | None = None) -> np.ndarray:
@@ -152,7 +167,7 @@ class ImageFetcher:
             url = ls_url + url
         if url.startswith(CLOUD_PREFIXES) and task_id is None:
             raise ImageDownloadError(f"cannot fetch {url!r}: cloud URIs need the task id")
-        session = _LabelStudioOnlySession(ls_url, self.settings.max_image_bytes)
+        session = _LabelStudioOnlySession(ls_url, self.settings.max_image_bytes, self.timeout, self.deadline)
         with tempfile.TemporaryDirectory(prefix="g4seg-img-") as tmp, http_session(session), \
                 local_files_resolver(None):
             try:
