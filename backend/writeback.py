@@ -109,16 +109,16 @@ class WriteBack:
     def submit(self, job: Job) -> str:
         with self._seen_lock:
             if job.key in self._seen:
-                self.metrics.inc("writeback_duplicates")
+                self.metrics.writebacks.labels("duplicates").inc()
                 return "duplicate"
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
-                self.metrics.inc("busy_rejections")
+                self.metrics.writebacks.labels("rejected_busy").inc()
                 raise BackendError(503, f"busy: {self._queue.maxsize} annotations are already waiting to be "
                                         "refined; try again") from None
             self._remember(job.key)
-        self.metrics.inc("writeback_queued")
+        self.metrics.writebacks.labels("queued").inc()
         return "queued"
 
     # ------------------------------------------------------------ the worker
@@ -157,7 +157,7 @@ class WriteBack:
                 self._process(job)
             except Exception:  # a bug in one job must not end the worker
                 log.exception("write-back of annotation %s failed unexpectedly", job.annotation["id"])
-                self.metrics.inc("writeback_failed")
+                self.metrics.writebacks.labels("failed").inc()
             finally:
                 self._queue.task_done()
 
@@ -169,7 +169,7 @@ class WriteBack:
                 config = parse_label_config(job.label_config)
                 prediction, digest = self.service.refine_annotation(job.task, job.annotation, config)
                 outcome = self._write(job, prediction, digest)
-                self.metrics.inc(f"writeback_{outcome}")
+                self.metrics.writebacks.labels(outcome).inc()
                 log.info("task %s, annotation %s: prediction %s", job.task["id"], job.annotation["id"], outcome)
                 return
             except Exception as exc:
@@ -177,18 +177,18 @@ class WriteBack:
                     status = error_status(exc)
                     log.error("task %s, annotation %s: not refined: %s", job.task["id"], job.annotation["id"],
                               status[1] if status else exc, exc_info=status is None)
-                    self.metrics.inc("writeback_failed")
+                    self.metrics.writebacks.labels("failed").inc()
                     return
                 if attempt == retries or self._stop.is_set():
                     log.error("task %s, annotation %s: giving up writing the prediction after %d attempts: %s",
                               job.task["id"], job.annotation["id"], attempt + 1, _describe(exc))
-                    self.metrics.inc("writeback_failed")
+                    self.metrics.writebacks.labels("failed").inc()
                     self._forget(job.key)  # the same annotation sent again may try again
                     return
                 delay = self.settings.writeback_backoff * (2 ** attempt)
                 log.warning("task %s, annotation %s: Label Studio unreachable (%s); retry %d of %d in %.1f s",
                             job.task["id"], job.annotation["id"], _describe(exc), attempt + 1, retries, delay)
-                self.metrics.inc("writeback_retries")
+                self.metrics.writebacks.labels("retries").inc()
                 self._client = None  # reconnect on the next attempt
                 self._stop.wait(delay)
 

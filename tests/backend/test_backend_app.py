@@ -109,6 +109,18 @@ def iou(a, b):
     return (a & b).sum() / max(1, (a | b).sum())
 
 
+def metric(client, name, **labels):
+    """A sample's value from /metrics (Prometheus text), 0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0
+
+
 def only_result(response):
     assert response.status_code == 200, response.get_json()
     (prediction,) = response.get_json()["results"]
@@ -137,9 +149,10 @@ def test_setup_refuses_a_project_without_a_brush_tag(client):
 
 def test_metrics_count_requests_and_refinements(client):
     client.post("/predict", json=predict_body([polygon()]))
-    metrics = client.get("/metrics").get_json()
-    assert metrics["counters"]["refinements"] == 1 and metrics["counters"]["requests_predict"] == 1
-    assert metrics["engine_state"] == "ready" and metrics["refinement_slots"] == 4
+    assert metric(client, "g4seg_refine_seconds_count") == 1
+    assert metric(client, "g4seg_requests_total", route="/predict", status="200") == 1
+    assert metric(client, "g4seg_engine_ready") == 1 and metric(client, "g4seg_refinement_slots") == 4
+    assert metric(client, "process_resident_memory_bytes") > 0  # the default registry's process metrics
 
 
 def test_basic_auth_guards_everything_but_health(files):
@@ -221,14 +234,14 @@ def test_two_labels_come_back_as_two_non_overlapping_brushes(client):
 def test_opening_a_task_with_nothing_to_refine_answers_at_once_with_nothing(client):
     prediction = only_result(client.post("/predict", json=predict_body()))
     assert prediction == {"result": [], "score": 0.0, "model_version": "identity"}
-    assert client.get("/metrics").get_json()["counters"].get("refinements", 0) == 0
+    assert metric(client, "g4seg_refine_seconds_count") == 0
 
 
 def test_opening_a_task_after_an_interactive_refinement_answers_the_cached_result(client):
     refined = only_result(client.post("/predict", json=predict_body([polygon()])))
     reopened = only_result(client.post("/predict", json=predict_body()))
     assert reopened == refined
-    assert client.get("/metrics").get_json()["counters"]["refinements"] == 1
+    assert metric(client, "g4seg_refine_seconds_count") == 1
 
 
 def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
@@ -243,7 +256,7 @@ def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
     assert iou(decoded(third["result"][0]), square_mask()) > 0.9
     # The same shapes again come from the cache.
     client.post("/predict", json=predict_body(tasks=tasks))
-    assert client.get("/metrics").get_json()["counters"]["refinements"] == 2
+    assert metric(client, "g4seg_refine_seconds_count") == 2
 
 
 def test_one_bad_task_in_a_batch_does_not_sink_the_others(client):
@@ -396,7 +409,8 @@ class GatedEngine(Engine):
 
 def test_requests_past_the_bounded_queue_get_503(files):
     engine = GatedEngine()
-    client, app = make_client(files, engine_loader=lambda: EngineStatus("gated", engine), queue_size=1)
+    client, app = make_client(files, engine_loader=lambda: EngineStatus("gated", engine), queue_size=1,
+                              slot_wait=0.3)
     answers = []
     first = threading.Thread(target=lambda: answers.append(client.post("/predict", json=predict_body([polygon()]))))
     first.start()
@@ -460,9 +474,9 @@ def test_webhook_answers_at_once_and_retries_then_logs_when_label_studio_is_down
         assert answer.status_code == 200 and answer.get_json()["status"] == "queued"
         assert time.perf_counter() - started < 2
         assert writeback.wait_idle(60)
-    counters = client.get("/metrics").get_json()["counters"]
-    assert counters["writeback_retries"] == 2 and counters["writeback_failed"] == 1
-    assert counters["refinements"] == 1  # refined once; only the write was retried
+    assert metric(client, "g4seg_writebacks_total", outcome="retries") == 2
+    assert metric(client, "g4seg_writebacks_total", outcome="failed") == 1
+    assert metric(client, "g4seg_refine_seconds_count") == 1  # refined once; only the write was retried
     messages = [r.getMessage() for r in caplog.records]
     assert any("retry 1 of 2" in m for m in messages) and any("giving up" in m for m in messages)
     assert client.get("/health").status_code == 200
