@@ -226,9 +226,11 @@ class ImageFetcher:
                         url, headers=self._headers(), stream=True, allow_redirects=False, verify=VERIFY_SSL,
                         timeout=(min(s.connect_timeout, remaining), min(s.read_timeout, remaining)),
                     )
+                except requests.ConnectTimeout:
+                    raise ImageDownloadTimeout(f"cannot connect to Label Studio within G4SEG_CONNECT_TIMEOUT="
+                                               f"{min(s.connect_timeout, remaining):g} s for the image {url!r}") from None
                 except requests.Timeout:
-                    raise ImageDownloadTimeout(f"Label Studio did not answer within {self._limit_text(deadline)} "
-                                               f"for the image {url!r}") from None
+                    raise self._silence(url, remaining) from None
                 except requests.RequestException as exc:
                     raise ImageDownloadError(f"cannot download the image {url!r}: {_one_line(exc)}") from None
                 with response:
@@ -255,8 +257,7 @@ class ImageFetcher:
             try:
                 chunk = raw.read1(1 << 16)
             except (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError):
-                raise ImageDownloadTimeout(f"Label Studio stopped sending the image {url!r} "
-                                           f"(no bytes for {min(self.settings.read_timeout, remaining):g} s)") from None
+                raise self._silence(url, remaining) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise ImageDownloadError(f"the download of {url!r} broke off: {_one_line(exc)}") from None
             if not chunk:
@@ -265,14 +266,20 @@ class ImageFetcher:
             if len(body) > limit:
                 raise ImageTooLarge(f"the image is over the limit of {limit} bytes")
 
+    def _silence(self, url: str, remaining: float) -> ImageDownloadTimeout:
+        """The error for a wait for bytes that timed out: on its own limit, or on the whole download's."""
+        if remaining < self.settings.read_timeout:
+            return ImageDownloadTimeout(f"the image {url!r} did not arrive within G4SEG_DOWNLOAD_TIMEOUT="
+                                        f"{self.settings.download_timeout:g} s")
+        return ImageDownloadTimeout(f"Label Studio sent nothing for G4SEG_READ_TIMEOUT={self.settings.read_timeout:g} s "
+                                    f"while sending the image {url!r}")
+
     def _remaining(self, deadline: float, url: str) -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ImageDownloadTimeout(f"the image {url!r} did not arrive within {self._limit_text(deadline)}")
+            raise ImageDownloadTimeout(f"the image {url!r} did not arrive within G4SEG_DOWNLOAD_TIMEOUT="
+                                       f"{self.settings.download_timeout:g} s")
         return remaining
-
-    def _limit_text(self, deadline: float) -> str:
-        return f"G4SEG_DOWNLOAD_TIMEOUT={self.settings.download_timeout:g} s"
 
     def _headers(self) -> dict:
         key = self.settings.label_studio_api_key

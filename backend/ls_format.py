@@ -262,7 +262,7 @@ def _brush_mask(item: dict, value: dict, height: int, width: int, max_pixels: in
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (rle_height, rle_width)):
         raise FormatError(f"{where}: original_width and original_height must be positive integers")
     if rle_height * rle_width > max_pixels:
-        raise FormatError(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit")
+        raise RleTooLarge(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit of {max_pixels}")
     mask = decode_brush_rle(value.get("rle"), rle_height, rle_width, where)
     if mask.shape != (height, width):  # drawn on the image at another size: scale it onto this one
         mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)

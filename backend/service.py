@@ -26,6 +26,7 @@ from backend.ls_format import (
     FormatError,
     LabelConfig,
     Region,
+    RleTooLarge,
     brush_result,
     enclosing_region,
     group_by_label,
@@ -64,7 +65,7 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
         return 403, reason
     if isinstance(exc, ImageNameError):
         return 400, reason
-    if isinstance(exc, ImageTooLargeError):
+    if isinstance(exc, (ImageTooLargeError, RleTooLarge)):
         return 413, reason
     if isinstance(exc, ImageDownloadTimeout):
         return 504, reason

@@ -25,6 +25,31 @@ _OWN_NAMES = {
 }
 
 
+# Numeric settings: field -> (environment variable, type, smallest value). docs/operators.md lists
+# each with its default (tests/backend/test_operators_doc.py compares them).
+NUMBERS = {
+    "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
+    "max_image_bytes": ("G4SEG_MAX_IMAGE_BYTES", int, 1),
+    "max_request_bytes": ("G4SEG_MAX_REQUEST_BYTES", int, 1024),
+    "queue_size": ("G4SEG_QUEUE_SIZE", int, 1),
+    "slot_wait": ("G4SEG_SLOT_WAIT", float, 0),
+    "connect_timeout": ("G4SEG_CONNECT_TIMEOUT", float, 0.1),
+    "read_timeout": ("G4SEG_READ_TIMEOUT", float, 0.1),
+    "download_timeout": ("G4SEG_DOWNLOAD_TIMEOUT", float, 0.1),
+    "header_timeout": ("G4SEG_HEADER_TIMEOUT", float, 0.1),
+    "body_timeout": ("G4SEG_BODY_TIMEOUT", float, 0.1),
+    "writeback_queue_size": ("G4SEG_WRITEBACK_QUEUE_SIZE", int, 1),
+    "writeback_retries": ("G4SEG_WRITEBACK_RETRIES", int, 0),
+    "writeback_backoff": ("G4SEG_WRITEBACK_BACKOFF", float, 0),
+    "result_cache_size": ("G4SEG_RESULT_CACHE_SIZE", int, 1),
+    "image_cache_size": ("G4SEG_IMAGE_CACHE_SIZE", int, 0),
+    "port": ("PORT", int, 1),
+    "workers": ("G4SEG_WORKERS", int, 1),
+    "threads": ("G4SEG_THREADS", int, 2),
+    "timeout": ("G4SEG_TIMEOUT", int, 1),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     # Label Studio this backend serves: images come only from here, predictions go back here.
@@ -101,28 +126,7 @@ class Settings:
             preannotate_method=_preannotate_method(env.get("G4SEG_PREANNOTATE", "")),
             preannotate_refine=_flag("G4SEG_PREANNOTATE_REFINE", env.get("G4SEG_PREANNOTATE_REFINE", "true")),
         )
-        numbers = {
-            "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
-            "max_image_bytes": ("G4SEG_MAX_IMAGE_BYTES", int, 1),
-            "max_request_bytes": ("G4SEG_MAX_REQUEST_BYTES", int, 1024),
-            "queue_size": ("G4SEG_QUEUE_SIZE", int, 1),
-            "slot_wait": ("G4SEG_SLOT_WAIT", float, 0),
-            "connect_timeout": ("G4SEG_CONNECT_TIMEOUT", float, 0.1),
-            "read_timeout": ("G4SEG_READ_TIMEOUT", float, 0.1),
-            "download_timeout": ("G4SEG_DOWNLOAD_TIMEOUT", float, 0.1),
-            "header_timeout": ("G4SEG_HEADER_TIMEOUT", float, 0.1),
-            "body_timeout": ("G4SEG_BODY_TIMEOUT", float, 0.1),
-            "writeback_queue_size": ("G4SEG_WRITEBACK_QUEUE_SIZE", int, 1),
-            "writeback_retries": ("G4SEG_WRITEBACK_RETRIES", int, 0),
-            "writeback_backoff": ("G4SEG_WRITEBACK_BACKOFF", float, 0),
-            "result_cache_size": ("G4SEG_RESULT_CACHE_SIZE", int, 1),
-            "image_cache_size": ("G4SEG_IMAGE_CACHE_SIZE", int, 0),
-            "port": ("PORT", int, 1),
-            "workers": ("G4SEG_WORKERS", int, 1),
-            "threads": ("G4SEG_THREADS", int, 2),
-            "timeout": ("G4SEG_TIMEOUT", int, 1),
-        }
-        for name, (var, kind, minimum) in numbers.items():
+        for name, (var, kind, minimum) in NUMBERS.items():
             if env.get(var):
                 values[name] = _number(var, env[var], kind, minimum)
         for key, value in overrides.items():
