@@ -46,7 +46,6 @@ def create_app(
     service = RefineService(settings, holder, fetcher)
     writeback = WriteBack(settings, service, client_factory)
     app = Flask("g4seg_backend")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["g4seg"] = SimpleNamespace(settings=settings, holder=holder, service=service, writeback=writeback)
     metrics = service.metrics
     metrics.gauge("g4seg_engine_ready", "1 when the engine is loaded and serving", lambda: holder.state == "ready")

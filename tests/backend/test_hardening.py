@@ -242,3 +242,30 @@ def test_a_stalled_or_dripping_download_ends_at_its_deadline_and_health_says_so(
         assert fetcher.health.problem() is None  # recovered
     finally:
         good.close()
+
+
+def test_credentials_are_compared_in_constant_time_on_every_route_but_health(tmp_path, monkeypatch):
+    import hmac
+
+    from backend import app as app_module
+    from backend.app import create_app
+    from g4seg_core.engines.factory import create_engine
+
+    compared, original = [], hmac.compare_digest
+
+    def recording(a, b):
+        compared.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(app_module.hmac, "compare_digest", recording)
+    app = create_app(Settings(basic_auth_user="ls", basic_auth_pass="s3cret"), load_in_background=False,
+                     engine_loader=lambda: create_engine("identity"))
+    client = app.test_client()
+    assert client.get("/health").status_code == 200 and compared == []
+    for route in ("/metrics", "/versions", "/admin"):
+        assert client.get(route, auth=("ls", "guess")).status_code == 401
+    assert client.post("/predict", auth=("ls", "guess"), data=b"{}").status_code == 401
+    assert client.post("/webhook", data=b"{}").status_code == 401  # no credentials at all
+    assert (b"ls", b"ls") in compared and (b"guess", b"s3cret") in compared
+    assert client.get("/metrics", auth=("ls", "s3cret")).status_code == 200
+    app.extensions["g4seg"].writeback.stop()
