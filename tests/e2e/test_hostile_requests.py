@@ -606,3 +606,21 @@ def test_stalled_image_downloads_neither_hold_slots_nor_hide_from_health(server)
                                                                                       task_id=151)]),
                          auth=AUTH, timeout=30).status_code == 200
     assert requests.get(server.url + "/health", timeout=5).json()["status"] == "UP"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (tests/run.sh installs it)")
+def test_a_browser_shows_the_exif_rotated_jpeg_at_the_size_the_backend_answers(tmp_path):
+    """What Label Studio's image tag reads as original_width/height: the <img>'s natural size."""
+    import subprocess
+
+    data, truth = exif_rotated_jpeg()
+    (tmp_path / "rotated.jpg").write_bytes(data)
+    (tmp_path / "page.html").write_text(
+        '<html><body><img src="rotated.jpg" onload="document.body.setAttribute(\'data-natural\', '
+        'this.naturalWidth + \'x\' + this.naturalHeight)"></body></html>')
+    dom = subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--allow-file-access-from-files", "--virtual-time-budget=3000", "--dump-dom",
+                          (tmp_path / "page.html").as_uri()], capture_output=True, text=True, timeout=60).stdout
+    height, width = truth.shape
+    assert Image.open(io.BytesIO(data)).size == (height, width)  # stored sideways
+    assert f'data-natural="{width}x{height}"' in dom  # shown upright, the size the backend answers
