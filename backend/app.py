@@ -13,12 +13,13 @@ import time
 from types import SimpleNamespace
 from typing import Callable
 
-from flask import Flask, Response, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.fetch import ImageFetcher
 from backend.jobs import QueueCollector
+from backend.metrics import CONTENT_TYPE_LATEST
+from backend.server import read_body
 from backend.service import BackendError, EngineHolder, RefineService, error_status
 from backend.settings import Settings
 from backend.writeback import WriteBack
@@ -46,14 +47,25 @@ def create_app(
     service = RefineService(settings, holder, fetcher)
     writeback = WriteBack(settings, service, client_factory)
     app = Flask("g4seg_backend")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["g4seg"] = SimpleNamespace(settings=settings, holder=holder, service=service, writeback=writeback)
     metrics = service.metrics
+    metrics.gauge("g4seg_engine_ready", "1 when the engine is loaded and serving", lambda: holder.state == "ready")
+    metrics.gauge("g4seg_degraded", "1 while image downloads from Label Studio fail or stall",
+                  lambda: service.fetcher.health.problem() is not None)
+    metrics.gauge("g4seg_refinement_slots", "refinements that may run or wait at once (G4SEG_QUEUE_SIZE)",
+                  lambda: service.gate.capacity)
+    metrics.gauge("g4seg_refinements_in_slots", "refinements running or waiting for the engine now",
+                  lambda: service.gate.in_use)
+    metrics.registry.register(QueueCollector(lambda: writeback.queue))  # the write-back queue's gauges
+
+    @app.after_request
+    def count(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(rule, str(response.status_code)).inc()
+        return response
 
     @app.before_request
     def check_auth():
-        rule = request.url_rule.rule if request.url_rule is not None else "/unknown"
-        metrics.inc(f"requests{rule.replace('/', '_')}")
         if not settings.auth_enabled or request.path in OPEN_ROUTES:
             return None
         auth = request.authorization
@@ -75,6 +87,11 @@ def create_app(
     def health():
         body = {"status": {"ready": "UP", "loading": "LOADING", "failed": "FAILED"}[holder.state],
                 "model_class": "G4Seg refiner", "requested_engine": settings.engine}
+        problem = service.fetcher.health.problem()
+        if problem:  # still 200: the engine serves, and images already fetched or on disk still work
+            body["degraded"] = problem
+            if holder.state == "ready":
+                body["status"] = "DEGRADED"
         if holder.status is not None:
             body.update(engine=holder.status.engine.name, model_version=holder.status.engine.version)
             if holder.status.warning:
@@ -109,13 +126,9 @@ def create_app(
     def versions():
         return jsonify(versions=[service.model_version()])
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServiceCollector(holder, service))
-    registry.register(QueueCollector(lambda: writeback.queue))
-
     @app.get("/metrics")
     def metrics_route():
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(Exception)
     def on_error(exc):
@@ -128,7 +141,6 @@ def create_app(
                 status, reason = 500, f"internal error: {type(exc).__name__}: {exc}"
             else:
                 status, reason = known
-        metrics.inc(f"errors_{status}")
         if status >= 500 or status == 413:
             log.warning("%s -> %d: %s", request.path, status, reason)
         else:
@@ -140,37 +152,14 @@ def create_app(
     return app
 
 
-class _ServiceCollector:
-    """The engine's state and this process's counters, in Prometheus' text format."""
-
-    def __init__(self, holder: EngineHolder, service: RefineService):
-        self.holder, self.service = holder, service
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
-        version = self.holder.status.engine.version if self.holder.status else ""
-        yield InfoMetricFamily("g4seg_engine", "The engine's state and model version",
-                               value={"state": self.holder.state, "model_version": version})
-        yield GaugeMetricFamily("g4seg_uptime_seconds", "Seconds since this worker started",
-                                value=time.time() - self.service.metrics.started)
-        yield GaugeMetricFamily("g4seg_refinement_slots", "Refinements that may run or wait at once in this worker",
-                                value=self.service.gate.capacity)
-        yield GaugeMetricFamily("g4seg_refinements_in_use", "Refinements running or waiting in this worker",
-                                value=self.service.gate.in_use)
-        for name, value in sorted(self.service.metrics.snapshot().items()):
-            yield CounterMetricFamily(f"g4seg_{name}", f"{name.replace('_', ' ')} (this worker, since it started)",
-                                      value=value)
-
-
 def _json_body():
-    raw = request.get_data(cache=False)
+    settings = current_app.extensions["g4seg"].settings
+    raw = read_body(request.environ, settings.max_request_bytes, settings.body_timeout)
     if not raw:
         raise BackendError(400, "the request body is empty (expected JSON)")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BackendError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BackendError(400, "the request body is JSON nested too deeply to parse") from None

@@ -12,13 +12,13 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 
+from g4seg_core.cache import LRUCache
 from g4seg_core.errors import UserError
 from g4seg_core.prompts import (
     PriorConfig,
@@ -56,6 +56,15 @@ WRITEBACK_ID_PREFIX = OWN_ID_PREFIX + "a"
 
 class FormatError(UserError):
     """Label Studio JSON the backend cannot use; the message says which part and why."""
+
+
+class RleTooLarge(FormatError):
+    """A brush RLE with more runs than the backend decodes (answered 413)."""
+
+
+# More runs than any brush stroke has (a full 40 MP literal stroke needs about 2,500): a bound on
+# the one per-record loop of the decoder, so a hostile RLE costs at most about a second.
+MAX_RLE_RUNS = 1_000_000
 
 
 # ---------------------------------------------------------------- label config
@@ -109,13 +118,27 @@ class LabelConfig:
         return "brush" if self.brushes else "polygon"
 
 
-@lru_cache(maxsize=64)
+# Parsed label configs by the digest of their text, bounded in count and in the configs' bytes:
+# keeping the text itself as the key held 64 configs of any size (8 MB ones: half a gigabyte).
+_CONFIGS = LRUCache(64, max_weight=16 * 1024 * 1024)
+
+
 def parse_label_config(xml: str) -> LabelConfig:
     """The project's brush and polygon tags and their images, read from whatever config it has:
     one *Labels tag per tool (BrushLabels, PolygonLabels, ...), or bare tool tags (Brush,
     Polygon, ...) sharing one Labels tag."""
     if not isinstance(xml, str) or not xml.strip():
         raise FormatError("the request carries no label config")
+    key = hashlib.sha256(xml.encode("utf-8", "surrogatepass")).digest()
+    config = _CONFIGS.get(key)
+    if config is None:
+        config = _parse_label_config(xml)
+        # weight: the text's size, an upper bound of what its parsed tags and labels hold
+        _CONFIGS.put(key, config, weight=len(xml))
+    return config
+
+
+def _parse_label_config(xml: str) -> LabelConfig:
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises its own XML/validation error types
@@ -326,30 +349,95 @@ def _brush_mask(item: dict, value: dict, height: int, width: int, max_pixels: in
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (rle_height, rle_width)):
         raise FormatError(f"{where}: original_width and original_height must be positive integers")
     if rle_height * rle_width > max_pixels:
-        raise FormatError(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit")
+        raise RleTooLarge(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit of {max_pixels}")
     mask = decode_brush_rle(value.get("rle"), rle_height, rle_width, where)
     if mask.shape != (height, width):  # drawn on the image at another size: scale it onto this one
         mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
     return mask
 
 
-def decode_brush_rle(rle, height: int, width: int, where: str = "brush") -> np.ndarray:
-    """Label Studio brush RLE as a bool HxW mask (the alpha channel of its RGBA raster)."""
-    if not isinstance(rle, list) or len(rle) < 5:
+def decode_brush_rle(rle, height: int, width: int, where: str = "brush", max_runs: int | None = None) -> np.ndarray:
+    """Label Studio brush RLE as a bool HxW mask (the alpha channel of its RGBA raster).
+
+    The format (thi-ng rle-pack, as label_studio_sdk.converter.brush reads it) is a bit stream:
+    32 bits value count, 5 bits word size - 1, four 4-bit run-length sizes - 1, then records of
+    1 bit kind, 2 bits size index, the count - 1, and one word (a run) or count words (literals).
+    The SDK's decoder is pure Python per bit and per value (a minute and gigabytes for a 22 MB
+    stroke); here one loop reads only record headers, and the values are read with numpy, only
+    for the alpha channel. The declared size is checked before anything is allocated.
+    """
+    max_runs = MAX_RLE_RUNS if max_runs is None else max_runs
+    if not isinstance(rle, list) or len(rle) < 4:
         raise FormatError(f"{where}: rle must be a list of byte values")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rle):
+    if not all(type(v) is int for v in rle[:64]):
         raise FormatError(f"{where}: rle must hold integers 0..255")
-    # The first 32 bits say how many values follow; check before decoding allocates them.
-    declared = int.from_bytes(bytes(rle[:4]), "big")
-    if declared != height * width * 4:
+    data = np.asarray(rle)
+    if data.dtype.kind not in "iu" or data.ndim != 1 or int(data.min()) < 0 or int(data.max()) > 255:
+        raise FormatError(f"{where}: rle must hold integers 0..255")
+    buf = data.astype(np.uint8).tobytes()
+    num = int.from_bytes(buf[:4], "big")
+    if num != height * width * 4:
         raise FormatError(
-            f"{where}: the rle holds {declared // 4} pixels but the region says {width}x{height} ({height * width})"
+            f"{where}: the rle holds {num // 4} pixels but the region says {width}x{height} ({height * width})"
         )
-    try:
-        flat = decode_rle(rle)
-    except (ValueError, IndexError) as exc:
-        raise FormatError(f"{where}: the rle is corrupt ({_one_line(exc)})") from None
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
+    if len(buf) < 7:
+        raise FormatError(f"{where}: the rle is corrupt (shorter than its 7-byte header)")
+    nbits = len(buf) * 8
+    buf += bytes(8)  # header reads near the end look at whole bytes
+    head = int.from_bytes(buf[4:7], "big")  # bits 32..55: word size, then four run-length sizes
+    word = ((head >> 19) & 31) + 1
+    sizes = [((head >> (15 - 4 * k)) & 15) + 1 for k in range(4)]
+    word_mask = (1 << word) - 1
+    frombytes = int.from_bytes
+    kinds, starts, counts, places = [], [], [], []  # per record: run?, first value, count, value or first bit
+    pos, i = 53, 0
+    while i < num:  # the records chain through their headers: the one loop, once per record
+        if len(kinds) == max_runs:
+            raise RleTooLarge(f"{where}: the rle has more than {max_runs} runs (G4SEG limit)")
+        if pos + 3 > nbits:
+            raise FormatError(f"{where}: the rle is corrupt (it ends after {i} of its {num} values)")
+        window = frombytes(buf[pos >> 3:(pos >> 3) + 4], "big") << (pos & 7)  # 32 bits from pos, left-aligned
+        size = sizes[(window >> 29) & 3]
+        count = ((window >> (29 - size)) & ((1 << size) - 1)) + 1
+        pos += 3 + size
+        kinds.append((window >> 31) & 1)
+        starts.append(i)
+        if kinds[-1]:
+            places.append((frombytes(buf[pos >> 3:(pos >> 3) + 5], "big") >> (40 - (pos & 7) - word)) & word_mask)
+            count = min(count, num - i)  # the encoder's last run may say more than is left
+            pos += word
+        else:
+            if i + count > num:
+                raise FormatError(f"{where}: the rle is corrupt (it holds more values than the {num} it declares)")
+            places.append(pos)
+            pos += count * word
+        counts.append(count)
+        i += count
+    if pos > nbits:
+        raise FormatError(f"{where}: the rle is corrupt (it ends before its {num} values)")
+    return _alpha_mask(np.asarray(kinds, bool), np.asarray(starts, np.int64), np.asarray(counts, np.int64),
+                       np.asarray(places, np.int64), buf, word, height, width)
+
+
+def _alpha_mask(run, start, count, place, buf: bytes, word: int, height: int, width: int) -> np.ndarray:
+    """Value 4p+3 (pixel p's alpha) of the decoded records, as a bool HxW mask."""
+    pixels = height * width
+    first = -(-(start - 3) // 4)  # the first alpha index p with 4p+3 >= start
+    stop = -(-(start + count - 3) // 4)  # one past the last with 4p+3 < start+count
+    edges = np.zeros(pixels + 1, np.int32)
+    on = run & (place != 0) & (stop > first)
+    np.add.at(edges, first[on], 1)
+    np.add.at(edges, stop[on], -1)
+    mask = np.cumsum(edges[:-1], dtype=np.int32) > 0
+    literal = ~run & (stop > first)
+    if literal.any():
+        n = stop[literal] - first[literal]
+        offset = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        alpha = np.repeat(first[literal], n) + offset
+        bit = np.repeat(place[literal] - start[literal] * word, n) + (alpha * 4 + 3) * word
+        ones = np.concatenate(([0], np.cumsum(np.unpackbits(np.frombuffer(buf, np.uint8)), dtype=np.int64)))
+        mask[alpha] = ones[bit + word] > ones[bit]  # any bit of the word set: a non-zero alpha
+    return mask.reshape(height, width)
 
 
 # ---------------------------------------------------------------- prompts

@@ -6,6 +6,7 @@ codes; the webhook write-back (writeback.py) reuses `refine_annotation`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,13 +18,15 @@ import numpy as np
 from backend.fetch import (
     ImageAccessDenied,
     ImageDownloadError,
+    ImageDownloadTimeout,
     ImageFetcher,
-    ImageTooLarge,
+    ImageNameError,
 )
 from backend.ls_format import (
     FormatError,
     LabelConfig,
     Region,
+    RleTooLarge,
     enclosed_region,
     enclosing_region,
     group_by_label,
@@ -38,11 +41,12 @@ from backend.ls_format import (
     shape_items,
     writeback_region_id,
 )
+from backend.metrics import Metrics
 from backend.settings import Settings
 from g4seg_core.cache import LRUCache
 from g4seg_core.edges import boundary_certainty
 from g4seg_core.engines.factory import EngineStatus
-from g4seg_core.errors import ImageError, SettingError, UserError
+from g4seg_core.errors import ImageError, ImageTooLargeError, SettingError, UserError
 from g4seg_core.prompts import edge_notes
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,12 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
         return exc.status, exc.reason
     if isinstance(exc, ImageAccessDenied):
         return 403, reason
-    if isinstance(exc, ImageTooLarge):
+    if isinstance(exc, ImageNameError):
+        return 400, reason
+    if isinstance(exc, (ImageTooLargeError, RleTooLarge)):
         return 413, reason
+    if isinstance(exc, ImageDownloadTimeout):
+        return 504, reason
     if isinstance(exc, ImageDownloadError):
         return 502, reason
     if isinstance(exc, ImageError):  # undecodable or unusable image (too small, ...)
@@ -73,23 +81,6 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, UserError):  # malformed JSON shapes, prompts, labels
         return 400, reason
     return None  # a bug: the caller answers 500 and logs the traceback
-
-
-class Metrics:
-    """Counters and timings, served as JSON by /metrics."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.counters: dict[str, float] = {}
-        self.started = time.time()
-
-    def inc(self, name: str, amount: float = 1) -> None:
-        with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + amount
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return dict(self.counters)
 
 
 class EngineHolder:
@@ -135,19 +126,32 @@ class EngineHolder:
 
 
 class RefineGate:
-    """Bounds the refinements running or waiting in this process; the engine runs one at a time."""
+    """Bounds the refinements running or waiting in this process; the engine runs one at a time.
 
-    def __init__(self, capacity: int):
+    A request finding every slot taken waits up to `wait` seconds for one (first come, first
+    served), so a burst of clicks is worked off instead of answered 503 at once.
+    """
+
+    def __init__(self, capacity: int, wait: float = 0.0, metrics: Metrics | None = None):
         self.capacity = capacity
-        self._slots = threading.BoundedSemaphore(capacity)
+        self.wait = wait
+        self.metrics = metrics
+        self._slots = threading.Semaphore(capacity)
         self.engine_lock = threading.Lock()
         self._lock = threading.Lock()
         self.in_use = 0
 
     @contextmanager
     def slot(self):
-        if not self._slots.acquire(blocking=False):
-            raise BackendError(503, f"busy: {self.capacity} refinements are already running or waiting; try again")
+        started = time.monotonic()
+        got = self._slots.acquire(timeout=self.wait) if self.wait > 0 else self._slots.acquire(blocking=False)
+        if self.metrics is not None:
+            self.metrics.slot_wait_seconds.observe(time.monotonic() - started)
+        if not got:
+            if self.metrics is not None:
+                self.metrics.busy.inc()
+            raise BackendError(503, f"busy: {self.capacity} refinements were running or waiting for "
+                                    f"{self.wait:g} s; try again")
         with self._lock:
             self.in_use += 1
         try:
@@ -170,9 +174,9 @@ class RefineService:
     def __init__(self, settings: Settings, holder: EngineHolder, fetcher: ImageFetcher | None = None):
         self.settings = settings
         self.holder = holder
-        self.fetcher = fetcher or ImageFetcher(settings)
-        self.gate = RefineGate(settings.queue_size)
         self.metrics = Metrics()
+        self.fetcher = fetcher or ImageFetcher(settings, self.metrics)
+        self.gate = RefineGate(settings.queue_size, settings.slot_wait, self.metrics)
         self.by_shapes = LRUCache(settings.result_cache_size)  # (task id, shapes digest) -> Prediction
         self.by_task = LRUCache(settings.result_cache_size)  # task id -> its text-only pre-annotation
         self._preannotator = None  # text-only masks for tasks without rough shapes (G4SEG_PREANNOTATE)
@@ -207,8 +211,7 @@ class RefineService:
             raise FormatError("params.context must be a JSON object or null")
         if len(tasks) != 1:
             raise FormatError(f"an interactive request carries one task, this one has {len(tasks)}")
-        with self.gate.slot():
-            return {"results": [self._interactive(tasks[0], context.get("result"), config)]}
+        return {"results": [self._interactive(tasks[0], context.get("result"), config)]}
 
     def refine_annotation(self, task: dict, annotation: dict, config: LabelConfig, use_gate: bool = False):
         """(prediction, shapes digest) for an annotation's rough shapes; prediction is None when it has none."""
@@ -221,13 +224,9 @@ class RefineService:
         digest = items_digest(items)
         cached = self.by_shapes.get((task["id"], digest))
         if cached is not None:
-            self.metrics.inc("cache_hits")
+            self.metrics.cache_hits.inc()
             return cached, digest
-        if use_gate:
-            with self.gate.slot():
-                prediction = self._refine_items(task, items, config)
-        else:
-            prediction = self._refine_items(task, items, config)
+        prediction = self._refine_items(task, items, config, gated=use_gate)
         self._remember(task["id"], digest, prediction)
         return prediction, digest
 
@@ -260,7 +259,7 @@ class RefineService:
                 if status is None or status[0] == 503:
                     raise  # busy or not ready: the whole request fails, Label Studio saves nothing
                 log.warning("task %s: cannot refine its latest annotation: %s", task["id"], status[1])
-                self.metrics.inc("task_errors")
+                self.metrics.task_errors.inc()
                 results.append([])  # stored as no prediction: a later retrieval tries again
                 continue
             if prediction is None:
@@ -273,7 +272,7 @@ class RefineService:
                     if status is None or status[0] == 503:
                         raise
                     log.warning("task %s: cannot pre-annotate: %s", task["id"], status[1])
-                    self.metrics.inc("task_errors")
+                    self.metrics.task_errors.inc()
             results.append(prediction if prediction and prediction["result"] else [])
         return results
 
@@ -312,7 +311,7 @@ class RefineService:
             # "errors" field) without a trace; what it shows is a suggested region, and a region's
             # meta text in its Info panel. So the annotator's own mistakes come back as a note.
             log.info("task %s: interactive request not refined (%d): %s", task["id"], status[0], status[1])
-            self.metrics.inc("interactive_notes")
+            self.metrics.interactive.labels("notes").inc()
             return {"result": note_results(items, status[1]), "score": 0.0, "model_version": self.model_version(),
                     "error": status[1]}
 
@@ -338,21 +337,21 @@ class RefineService:
                 saved = self._saved_regions(task, height, width) if saved is None else saved
                 shape = next((s for s in (enclosed_region(src, group, label) for src in saved) if s), None)
             if shape is not None:
-                self.metrics.inc("interactive_saved_shapes")  # how often the refine-what-I-drew gesture is used
+                self.metrics.interactive.labels("saved_shapes").inc()  # how often the refine-what-I-drew gesture is used
                 group = [shape, *group]
                 if label not in self._output(config, to_name, label).labels:
                     out_label = shape.label
             groups.setdefault(out_label, []).extend(group)
         # Not kept for the task: a suggestion the annotator accepts is in the annotation already, and
         # storing it again as a prediction on the next task open would show it twice.
-        return self._refine(image, groups, config, to_name)
+        return self._refine(image, groups, config, to_name, gated=True)
 
-    def _refine_items(self, task: dict, items: list[dict], config: LabelConfig) -> Prediction:
+    def _refine_items(self, task: dict, items: list[dict], config: LabelConfig, gated: bool) -> Prediction:
         to_name = _name(items[0].get("to_name"))
         image = self._task_image(task, self._output(config, to_name))
         height, width = image.shape[:2]
         regions = [parse_region(item, height, width, self.settings.max_image_pixels) for item in items]
-        return self._refine(image, group_by_label(regions), config, to_name)
+        return self._refine(image, group_by_label(regions), config, to_name, gated)
 
     # ------------------------------------------------------------ the common end
 
@@ -362,7 +361,10 @@ class RefineService:
         return config.output_for(to_name, label, config.output_tool(self.settings.output))
 
     def _refine(self, image: np.ndarray, groups: dict[str, list[Region]], config: LabelConfig,
-                to_name: str | None) -> Prediction:
+                to_name: str | None, gated: bool) -> Prediction:
+        """The engine's masks as a prediction; `gated`: in a refinement slot (requests; not the
+        write-back thread, which is one at a time by itself). Images are fetched before: a slow
+        download holds a request thread, never a slot."""
         height, width = image.shape[:2]
         outputs = {}
         for label in groups:
@@ -374,11 +376,9 @@ class RefineService:
             for note in edge_notes(prompt, height, width):
                 log.info("label %r: %s", label, note)
         status = self.holder.require()
-        started = time.perf_counter()
-        with self.gate.engine_lock:
+        with self.gate.slot() if gated else contextlib.nullcontext(), self.gate.engine_lock, \
+                self.metrics.refine_seconds.time():
             refined = status.engine.refine_classes(image, prompts)
-        self.metrics.inc("refinements")
-        self.metrics.inc("refine_seconds", time.perf_counter() - started)
         result, scores = [], []
         for label, outcome in refined.items():
             if outcome.mask.any():  # an empty region is of no use to the annotator
@@ -408,7 +408,7 @@ class RefineService:
             for item in items:
                 try:
                     regions.append(parse_region(item, height, width, self.settings.max_image_pixels))
-                except FormatError as exc:  # a broken saved region is skipped, the click still counts
+                except UserError as exc:  # a broken saved region is skipped, the click still counts
                     log.info("task %s: skipping a saved region: %s", task["id"], exc)
             out.append(regions)
         return out

@@ -117,13 +117,13 @@ class WriteBack:
                                 {b.data_key for b in config.brushes})
             status = queue.submit(job)
         except QueueFull as exc:
-            self.metrics.inc("busy_rejections")
+            self.metrics.writebacks.labels("rejected_busy").inc()
             raise BackendError(503, str(exc)) from None
         except QueueUnavailable as exc:
             raise BackendError(503, str(exc)) from None
         except Exception as exc:  # the store failed while saving the label config
             raise BackendError(503, f"cannot reach the job queue at {queue.location}: {exc}") from None
-        self.metrics.inc("writeback_duplicates" if status == "duplicate" else "writeback_queued")
+        self.metrics.writebacks.labels("duplicates" if status == "duplicate" else "queued").inc()
         return {"status": status, "task": task["id"], "annotation": annotation["id"], "job": job["id"]}
 
     # ------------------------------------------------------------ the consumer
@@ -155,7 +155,7 @@ class WriteBack:
             self._queue.close()
 
     def _count(self, job: dict, outcome: str) -> None:
-        self.metrics.inc(f"writeback_{outcome}")
+        self.metrics.writebacks.labels(outcome).inc()
 
     # ------------------------------------------------------------ one job
 

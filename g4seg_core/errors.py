@@ -22,6 +22,10 @@ class ImageError(UserError):
     """An image or mask that cannot be read or used."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over a size limit (pixels or bytes): refused before it is decoded."""
+
+
 class WeightsNotFoundError(UserError):
     """Model weights that cannot be found or are not in safetensors; the message says where we looked."""
 

@@ -38,11 +38,15 @@ def add_arguments(parser) -> None:
 
 
 def gunicorn_options(settings: Settings) -> dict:
+    from backend.server import HeadFirstWorker
+
+    HeadFirstWorker.header_timeout = settings.header_timeout  # the workers fork with it
     return {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        # Threads let /health and immediate answers through while a refinement runs.
-        "worker_class": "gthread",
+        # gthread with request heads read in its event loop: threads let /health and immediate
+        # answers through while a refinement runs, and slow clients hold none (backend/server.py).
+        "worker_class": "backend.server.HeadFirstWorker",
         "threads": settings.threads,
         "timeout": settings.timeout,
         "graceful_timeout": 30,

@@ -138,9 +138,10 @@ def test_setup_refuses_a_project_without_a_brush_or_polygon_tag(client):
 
 def test_metrics_count_requests_and_refinements(client):
     client.post("/predict", json=predict_body([polygon()]))
-    assert metric(client, "g4seg_refinements_total") == 1 and metric(client, "g4seg_requests_predict_total") == 1
-    assert metric(client, "g4seg_engine_info", state="ready", model_version="identity") == 1
-    assert metric(client, "g4seg_refinement_slots") == 4
+    assert metric(client, "g4seg_refine_seconds_count") == 1
+    assert metric(client, "g4seg_requests_total", route="/predict", status="200") == 1
+    assert metric(client, "g4seg_engine_ready") == 1 and metric(client, "g4seg_refinement_slots") == 4
+    assert metric(client, "process_resident_memory_bytes") > 0  # the default registry's process metrics
     assert client.get("/metrics").content_type.startswith("text/plain")
 
 
@@ -225,7 +226,7 @@ def test_opening_a_task_with_nothing_to_refine_answers_at_once_with_nothing(clie
     # then, so the task is not marked as predicted and "Retrieve Predictions" asks again later.
     answer = client.post("/predict", json=predict_body())
     assert answer.status_code == 200 and answer.get_json()["results"] == [[]]
-    assert metric(client, "g4seg_refinements_total") == 0
+    assert metric(client, "g4seg_refine_seconds_count") == 0
 
 
 def test_opening_a_task_after_an_interactive_refinement_stores_nothing(client):
@@ -233,7 +234,7 @@ def test_opening_a_task_after_an_interactive_refinement_stores_nothing(client):
     assert only_result(client.post("/predict", json=predict_body([polygon()])))["result"]
     answer = client.post("/predict", json=predict_body())
     assert answer.get_json()["results"] == [[]]
-    assert metric(client, "g4seg_refinements_total") == 1
+    assert metric(client, "g4seg_refine_seconds_count") == 1
 
 
 def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
@@ -248,7 +249,7 @@ def test_retrieve_predictions_refines_each_tasks_latest_annotation(client):
     assert iou(decoded(third["result"][0]), square_mask()) > 0.9
     # The same shapes again come from the cache.
     client.post("/predict", json=predict_body(tasks=tasks))
-    assert metric(client, "g4seg_refinements_total") == 2
+    assert metric(client, "g4seg_refine_seconds_count") == 2
 
 
 def test_one_bad_task_in_a_batch_does_not_sink_the_others(client):
@@ -414,7 +415,8 @@ class GatedEngine(Engine):
 
 def test_requests_past_the_bounded_queue_get_503(files):
     engine = GatedEngine()
-    client, app = make_client(files, engine_loader=lambda: EngineStatus("gated", engine), queue_size=1)
+    client, app = make_client(files, engine_loader=lambda: EngineStatus("gated", engine), queue_size=1,
+                              slot_wait=0.3)
     answers = []
     first = threading.Thread(target=lambda: answers.append(client.post("/predict", json=predict_body([polygon()]))))
     first.start()
@@ -487,7 +489,7 @@ def test_webhook_answers_at_once_and_dead_letters_after_the_age_limit_when_label
     assert queue["queued"] == 0 and [(d["task"], d["annotation"]) for d in queue["dead"]] == [(3, 5)]
     assert metric(client, "g4seg_queue_dead_letters") == 1
     assert metric(client, "g4seg_queue_dead_letter_failed_at_seconds", task="3", annotation="5") > 0
-    assert metric(client, "g4seg_writeback_retry_total") >= 2 and metric(client, "g4seg_writeback_dead_letter_total") == 1
+    assert metric(client, "g4seg_writebacks_total", outcome="retry") >= 2 and metric(client, "g4seg_writebacks_total", outcome="dead_letter") == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("try 1 failed" in m for m in messages) and any("moved to the dead letters" in m for m in messages)
     app.extensions["g4seg"].writeback.stop()

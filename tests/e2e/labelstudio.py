@@ -339,6 +339,16 @@ class BackendProcess:
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, auth=self.auth, timeout=30)
 
+    def metric(self, name: str, **labels) -> float:
+        """One sample of the backend's /metrics (Prometheus' text format); 0 when absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
     def post(self, path: str, body) -> requests.Response:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
         return requests.post(self.url + path, data=data, auth=self.auth, timeout=300,

@@ -145,7 +145,7 @@ def test_one_row_of_labels_for_every_tool_and_opening_a_task_stores_nothing(scre
     doc_picture(screen, "annotators-screen")
     # Label Studio asked the backend when the task opened; nothing to refine, so nothing was stored
     # (an empty prediction would make "Retrieve Predictions" skip the task later).
-    assert project.backend.get("/metrics").json()["counters"].get("requests_predict", 0) >= 1
+    assert project.backend.metric("g4seg_requests_total", route="/predict", status="200") >= 1
     assert project.ls.predictions(task) == []
 
 
@@ -174,10 +174,10 @@ def test_a_smart_box_suggests_a_mask_inside_it_and_an_accepted_one_is_not_refine
     assert {item["type"] for item in saved} == {"brush", "labels"}  # the box itself is gone
     assert all(item["id"].startswith("g4seg-") and item["origin"] == "manual" for item in saved)
     # Saved with origin "manual", recognised by its id: the webhook and the task reopening refine nothing.
-    refinements = project.backend.get("/metrics").json()["counters"]["refinements"]
+    refinements = project.backend.metric("g4seg_refine_seconds_count")
     screen.reload()
     time.sleep(2)  # the webhook is sent right after the save
-    assert project.backend.get("/metrics").json()["counters"]["refinements"] == refinements
+    assert project.backend.metric("g4seg_refine_seconds_count") == refinements
     assert project.ls.predictions(task) == []
 
 
@@ -218,13 +218,13 @@ def test_a_smart_box_around_a_saved_polygon_refines_that_polygon(screen, project
     screen.pick_tool("polygon-tool")
     screen.polygon(octagon(truth, grow=0.08))
     screen.submit()
-    used = project.backend.get("/metrics").json()["counters"].get("interactive_saved_shapes", 0)
+    used = project.backend.metric("g4seg_interactive_total", kind="saved_shapes")
     screen.pick_label("Cat")  # saving clears the label
     screen.pick_smart_tool("rectangle-tool")
     x0, y0, x1, y1 = bounds(truth, grow=0.3)  # corners outside the polygon: a click on it would select it
     answer = screen.interactive(lambda: screen.drag((x0, y0), (x1, y1)))
     assert iou(the_mask(answer["data"]["result"]), truth) > 0.8
-    assert project.backend.get("/metrics").json()["counters"]["interactive_saved_shapes"] == used + 1
+    assert project.backend.metric("g4seg_interactive_total", kind="saved_shapes") == used + 1
 
 
 def test_a_negative_click_alone_says_why_in_the_screen(screen, project):

@@ -139,24 +139,13 @@ def test_saving_an_annotation_writes_a_prediction_back_once(setup):
     assert (single_brush(prediction["result"]) & polygon_mask(box)).any()
 
     # The same annotation again (saved unchanged): its job finds the prediction there, and writes nothing.
-    before = writeback_count(setup.backend, "exists")
+    before = setup.backend.metric("g4seg_writebacks_total", outcome="exists")
     setup.ls.update_annotation(annotation["id"], [polygon_region(box)])
     deadline = time.monotonic() + 30
-    while writeback_count(setup.backend, "exists") == before:
+    while setup.backend.metric("g4seg_writebacks_total", outcome="exists") == before:
         assert time.monotonic() < deadline, "the second webhook's job never ran"
         time.sleep(0.3)
     assert len(setup.ls.predictions(task)) == 1
-
-
-def writeback_count(backend, outcome: str) -> float:
-    """How many write-back jobs ended with this outcome (/metrics, Prometheus' text format)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(backend.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == f"g4seg_writeback_{outcome}_total":
-                return sample.value
-    return 0
 
 
 def test_retrieve_predictions_fills_every_task(setup, label_config_xml, test_images):

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from test_labelstudio_backend import polygon_region, rough_box
 
 from backend.jobs import JobQueue
@@ -112,14 +111,6 @@ def assert_all_written_once(ls, pairs, timeout: float = 120):
         assert any(r["type"] == "brushlabels" for r in predictions[0]["result"])
 
 
-def metric(backend, name: str, **labels) -> float | None:
-    for family in text_string_to_metric_families(backend.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_a_killed_server_loses_no_writeback_and_writes_none_twice(sig, queue_env, label_studio, serve,
                                                                    label_config_xml, test_images):
@@ -174,8 +165,8 @@ def test_a_dead_letter_is_shown_and_replayed(queue_env, label_studio, serve, lab
     wait_for(lambda: dead(), 60, "the dead letter")
     assert [(d["task"], d["annotation"], d["project"]) for d in dead()] == [(bad_task, bad_annotation, project)]
     assert backend.get("/health").json()["status"] == "UP"
-    assert metric(backend, "g4seg_queue_dead_letters") == 1
-    assert metric(backend, "g4seg_queue_dead_letter_failed_at_seconds", task=str(bad_task),
+    assert backend.metric("g4seg_queue_dead_letters") == 1
+    assert backend.metric("g4seg_queue_dead_letter_failed_at_seconds", task=str(bad_task),
                   annotation=str(bad_annotation), project=str(project)) > 0
     assert written(label_studio, bad_task, bad_annotation) == []
 
