@@ -32,7 +32,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 
 from backend.settings import Settings
 from g4seg_core.cache import LRUCache
-from g4seg_core.errors import ImageTooLargeError
+from g4seg_core.errors import ImageTooLargeError, one_line
 from g4seg_core.images import LABELING_FORMATS, ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class ImageFetcher:
                 except requests.Timeout:
                     raise self._silence(url, remaining) from None
                 except requests.RequestException as exc:
-                    raise ImageDownloadError(f"cannot download the image {url!r}: {_one_line(exc)}") from None
+                    raise ImageDownloadError(f"cannot download the image {url!r}: {one_line(exc)}") from None
                 with response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("Location", ""))
@@ -259,7 +259,7 @@ class ImageFetcher:
             except (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError):
                 raise self._silence(url, remaining) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise ImageDownloadError(f"the download of {url!r} broke off: {_one_line(exc)}") from None
+                raise ImageDownloadError(f"the download of {url!r} broke off: {one_line(exc)}") from None
             if not chunk:
                 return bytes(body)
             body += chunk
@@ -313,10 +313,6 @@ class ImageFetcher:
             if exc.errno == errno.ENAMETOOLONG:
                 raise ImageNameError(f"the local file name is too long ({len(relative)} characters)") from None
             raise ImageDownloadError(f"cannot read the local file {relative[:200]!r}: {exc.strerror}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 __all__ = ["ImageFetcher", "ImageFetchError", "ImageAccessDenied", "ImageNameError", "ImageTooLarge",

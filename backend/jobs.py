@@ -47,7 +47,7 @@ from huey.registry import Message
 from huey.serializer import Serializer
 
 from backend.settings import Settings
-from g4seg_core.errors import UserError
+from g4seg_core.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class JobQueue:
         try:
             self.ledger.result_store_size()
         except Exception as exc:
-            raise QueueUnavailable(f"cannot reach the job queue at {self.location}: {_one_line(exc)}") from None
+            raise QueueUnavailable(f"cannot reach the job queue at {self.location}: {one_line(exc)}") from None
 
     def lease(self, ttl: float = LEASE_TTL):
         """The right to consume this queue; one holder at a time."""
@@ -270,7 +270,7 @@ class JobQueue:
         except QueueFull:
             raise
         except Exception as exc:
-            raise QueueUnavailable(f"cannot reach the job queue at {self.location}: {_one_line(exc)}") from None
+            raise QueueUnavailable(f"cannot reach the job queue at {self.location}: {one_line(exc)}") from None
         return "queued"
 
     def _enqueue(self, key: str) -> None:
@@ -304,7 +304,7 @@ class JobQueue:
             body["dead"] = [{"project": d.get("project"), "task": d["task"], "annotation": d["annotation"],
                              "failed_at": round(d["failed_at"], 1)} for d in self.dead_letters(listed)]
         except Exception as exc:
-            return {"error": f"cannot reach the job queue at {self.location}: {_one_line(exc)}"}
+            return {"error": f"cannot reach the job queue at {self.location}: {one_line(exc)}"}
         return body
 
     def publish_model_version(self, version: str) -> None:
@@ -377,8 +377,8 @@ class JobQueue:
         self._on_outcome(job, outcome)
 
     def _failed(self, key: str, job: dict, exc: Exception) -> None:
-        reason = _one_line(exc) if isinstance(exc, UserError) or self._is_transient(exc) else \
-            f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        reason = one_line(exc) if isinstance(exc, UserError) or self._is_transient(exc) else \
+            f"internal error: {type(exc).__name__}: {one_line(exc)}"
         job["attempts"] = int(job.get("attempts", 0)) + 1
         job["last_error"] = reason
         age = time.time() - float(job.get("queued_at", 0))
@@ -403,10 +403,6 @@ class JobQueue:
         for storage in (self.ledger, self.dead, self.configs, self.meta):
             with contextlib.suppress(Exception):
                 storage.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 # ---------------------------------------------------------------- the consumer, inside `g4seg serve`
@@ -466,7 +462,7 @@ class QueueConsumer:
         try:
             return lease.acquire()
         except Exception as exc:  # Redis unreachable: keep trying
-            log.warning("cannot take the job queue's lease at %s: %s", self.queue.location, _one_line(exc))
+            log.warning("cannot take the job queue's lease at %s: %s", self.queue.location, one_line(exc))
             return False
 
     def _consume(self, lease) -> None:

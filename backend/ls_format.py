@@ -19,7 +19,7 @@ from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 
 from g4seg_core.cache import LRUCache
-from g4seg_core.errors import UserError
+from g4seg_core.errors import UserError, one_line
 from g4seg_core.prompts import (
     PriorConfig,
     Prompt,
@@ -142,7 +142,7 @@ def _parse_label_config(xml: str) -> LabelConfig:
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises its own XML/validation error types
-        raise FormatError(f"the label config cannot be parsed: {_one_line(exc)}") from None
+        raise FormatError(f"the label config cannot be parsed: {one_line(exc)}") from None
     shared = {}  # image name -> the Labels tag on it (the first one, as Label Studio's screen shows)
     for control in interface.controls:
         if control.tag == "Labels":
@@ -610,5 +610,3 @@ def writeback_marker(annotation_id: int, digest: str | None = None) -> str:
     return f"{WRITEBACK_ID_PREFIX}{annotation_id}-" + (f"{digest[:12]}-" if digest else "")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -43,7 +43,7 @@ class Metrics:
                             "freed within G4SEG_SLOT_WAIT", registry=r)
         self.cache_hits = Counter("g4seg_result_cache_hits", "refinements answered from the result cache",
                                   registry=r)
-        self.task_errors = Counter("g4seg_task_errors", "tasks of a batch answered with an error entry",
+        self.task_errors = Counter("g4seg_task_errors", "tasks of a batch answered with no prediction because their refinement failed",
                                    registry=r)
         self.downloads = Counter("g4seg_image_downloads", "image downloads from Label Studio by outcome "
                                  "(ok, timeout, unreachable, http_error, too_large, refused)", ["outcome"], registry=r)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Iterator
 import httpx
 import numpy as np
 
+from backend.ls_api import ls_client
 from backend.ls_format import OWN_ID_PREFIX, BrushOutput, FormatError, mask_results, renumber_regions
 from g4seg_core.errors import SettingError, UserError
 
@@ -189,16 +190,6 @@ def load_preannotator(plan: Plan) -> Preannotator:
 
         refiner = G4SegRefiner(model, plan.refiner_config)  # one loaded model serves both
     return Preannotator(TextSegmenter(model, plan.text_config), refiner)
-
-
-def ls_client(url: str, api_key: str):
-    from label_studio_sdk import LabelStudio
-
-    # The uploader spaces its own retries; the client's would stack on top of them.
-    return LabelStudio(base_url=url, api_key=api_key, timeout=120, max_retries=0)
-
-
-# ---------------------------------------------------------------- the stages
 
 
 def to_batch(rows: list[dict]) -> dict[str, np.ndarray]:

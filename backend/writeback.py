@@ -26,6 +26,7 @@ import requests
 
 from backend.fetch import ImageDownloadError
 from backend.jobs import JobQueue, QueueConsumer, QueueFull, QueueUnavailable, job_id
+from backend.ls_api import ls_client
 from backend.ls_format import (
     FormatError,
     items_digest,
@@ -45,11 +46,7 @@ WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
 def default_client_factory(settings: Settings):
     def make():
-        from label_studio_sdk import LabelStudio
-
-        # The queue spaces the tries; the client's own retries would stack on top of it.
-        return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key,
-                           timeout=30, max_retries=0)
+        return ls_client(settings.label_studio_url, settings.label_studio_api_key, timeout=30)
 
     return make
 

@@ -32,3 +32,11 @@ class WeightsNotFoundError(UserError):
 
 class DataError(UserError):
     """A dataset (for `g4seg bench`) that cannot be read as specified."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a message: whitespace folded, an HTTP status first when
+    the exception carries one (the Label Studio SDK's `ApiError`), the type's name when it says nothing."""
+    status = getattr(exc, "status_code", None)
+    text = f"HTTP {status}: {getattr(exc, 'body', '')}" if status is not None else str(exc)
+    return " ".join(text.split())[:limit] or type(exc).__name__

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from g4seg_core.errors import UserError
+from g4seg_core.errors import UserError, one_line
 
 HELP = "pre-annotate a Label Studio project from class names: text-only masks (optionally refined by G4Seg) uploaded as predictions"
 
@@ -99,10 +99,11 @@ def run(args) -> int:
     labels = parse_labels(args.labels) if args.labels else None
 
     url = args.url.rstrip("/")
-    from backend.preannotation import InProcess, Plan, load_preannotator, ls_client, preannotate_project
+    from backend.ls_api import is_label_studio_error, ls_client, read_project
+    from backend.preannotation import InProcess, Plan, load_preannotator, preannotate_project
 
     client = ls_client(url, args.api_key)
-    project = _project(client, args.project)
+    project = read_project(client, args.project)
     try:
         config = parse_label_config(project.label_config or "")
         output = _output(config, args.from_name)
@@ -127,9 +128,8 @@ def run(args) -> int:
               f"{executor.description}", flush=True)
         summary = preannotate_project(client, plan, executor, progress=not args.quiet)
     except Exception as exc:
-        status = getattr(exc, "status_code", None)
-        if status is not None or _is_connection_error(exc):
-            raise UserError(f"Label Studio at {args.url}: {_one_line(exc)} (uploads made so far stay)") from None
+        if is_label_studio_error(exc):
+            raise UserError(f"Label Studio at {args.url}: {one_line(exc)} (uploads made so far stay)") from None
         raise
     finally:
         if executor is not None:
@@ -139,20 +139,6 @@ def run(args) -> int:
     if summary.interrupted:
         return 130
     return 1 if summary.failed or summary.stopped or summary.left else 0
-
-
-def _project(client, project_id: int):
-    try:
-        return client.projects.get(project_id)
-    except Exception as exc:
-        status = getattr(exc, "status_code", None)
-        if status in (401, 403):
-            raise UserError(f"Label Studio refused the API key ({status})") from None
-        if status == 404:
-            raise UserError(f"project {project_id} not found") from None
-        if status is not None or _is_connection_error(exc):
-            raise UserError(f"cannot read project {project_id}: {_one_line(exc)}") from None
-        raise
 
 
 def _output(config, from_name: str | None):
@@ -165,15 +151,3 @@ def _output(config, from_name: str | None):
             return brush
     names = ", ".join(b.from_name for b in config.brushes)
     raise FormatError(f"no BrushLabels tag named {from_name!r} on an image (there is {names})")
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.TransportError)
-
-
-def _one_line(exc: BaseException) -> str:
-    status = getattr(exc, "status_code", None)
-    text = f"HTTP {status}: {getattr(exc, 'body', '')}" if status is not None else str(exc) or type(exc).__name__
-    return " ".join(text.split())[:300]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from g4seg_core.errors import UserError
+from g4seg_core.errors import UserError, one_line
 
 HELP = ("queue a write-back for every task whose latest annotation has rough shapes and no prediction of the "
         "serving model version (recovery for missed webhooks; the server runs them)")
@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from urllib.parse import urlparse
 
-    from backend.commands.preannotate import _client, _is_connection_error, _one_line, _project
+    from backend.ls_api import is_label_studio_error, ls_client, read_project
     from backend.jobs import QueueFull, open_queue
     from backend.ls_format import FormatError, parse_label_config
     from backend.settings import Settings
@@ -51,8 +51,8 @@ def run(args) -> int:
     if version is None:
         raise UserError(f"no `g4seg serve` has loaded its engine with the job queue at {queue.location} yet: "
                         "start the server first (same G4SEG_DATA_DIR or G4SEG_QUEUE_URL); the sweep's jobs run in it")
-    client = _client(settings.label_studio_url, args.api_key)
-    project = _project(client, args.project)
+    client = ls_client(settings.label_studio_url, args.api_key)
+    project = read_project(client, args.project)
     try:
         config = parse_label_config(project.label_config or "")
     except FormatError as exc:
@@ -64,8 +64,8 @@ def run(args) -> int:
     except QueueFull as exc:
         raise UserError(f"{exc} (the jobs queued so far stay)") from None
     except Exception as exc:
-        if getattr(exc, "status_code", None) is not None or _is_connection_error(exc):
-            raise UserError(f"Label Studio at {settings.label_studio_url}: {_one_line(exc)} "
+        if is_label_studio_error(exc):
+            raise UserError(f"Label Studio at {settings.label_studio_url}: {one_line(exc)} "
                             "(the jobs queued so far stay)") from None
         raise
     verb = "would queue" if args.dry_run else "queued"

@@ -272,6 +272,14 @@ class Case:
     headers: dict = field(default_factory=dict)
     auth: object = AUTH
     raw: bytes | None = None  # sent as is on a socket
+    # An annotator's gesture the backend cannot refine: Label Studio's screen drops any non-200
+    # answer to an interactive call, so the backend answers 200 with a note region saying why
+    # (and the reason, with the status it maps to, in the answer's "error" field).
+    note: bool = False
+
+
+def Note(*args, **kw) -> Case:
+    return Case(*args, note=True, **kw)
 
 
 def p(context=None, **kw):
@@ -305,7 +313,7 @@ CASES = [
     Case("S12 label_config missing", 400, "no label config", {"tasks": [task()]}),
     Case("S13 label_config an int", 400, "no label config", p(config=5)),
     Case("S14 label_config invalid XML", 400, "cannot be parsed", p(config="<View><Image name=")),
-    Case("S15 no BrushLabels", 400, "no BrushLabels", p(config='<View><Image name="i" value="$image"/></View>')),
+    Case("S15 no BrushLabels", 400, "no brush or polygon tag", p(config='<View><Image name="i" value="$image"/></View>')),
     Case("S16 billion laughs", 400, "cannot be parsed", p(config=billion_laughs())),
     Case("S18 XXE", 400, "cannot be parsed", p(config='<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM '
                                                  '"file:///etc/passwd">]><View><Image name="image" value="$image"/>'
@@ -316,53 +324,53 @@ CASES = [
     Case("S23 context.result a string", 400, "list of regions", p() | {"params": {"context": {"result": "x"}}}),
     Case("S24 context.result empty", 400, "no brush, polygon", p([])),
     Case("S25 interactive with two tasks", 400, "one task", p([polygon()], tasks=[task(), task(task_id=2)])),
-    Case("S26 unknown label", 400, "not a label", p([polygon(label="Horse")])),
-    Case("S27 to_name not in the config", 400, "no BrushLabels tag on the image", p([polygon() | {"to_name": "nope"}])),
-    Case("S29 labels empty", 400, "no label", p([polygon(label=None) | {"value": {"points": [[1, 1]], "polygonlabels": []}}])),
-    Case("S30 label an int", 400, "no label", p([polygon() | {"value": {"points": [[1, 1]], "polygonlabels": [3]}}])),
-    Case("S31 region without value", 400, "no value", p([{k: v for k, v in polygon().items() if k != "value"}])),
+    Note("S26 unknown label", 400, "not a label", p([polygon(label="Horse")])),
+    Note("S27 to_name not in the config", 400, "no BrushLabels or Brush tag on the image", p([polygon() | {"to_name": "nope"}])),
+    Note("S29 labels empty", 400, "no label", p([polygon(label=None) | {"value": {"points": [[1, 1]], "polygonlabels": []}}])),
+    Note("S30 label an int", 400, "no label", p([polygon() | {"value": {"points": [[1, 1]], "polygonlabels": [3]}}])),
+    Note("S31 region without value", 400, "no value", p([{k: v for k, v in polygon().items() if k != "value"}])),
     # brush RLE
-    Case("B01 RLE of another size", 400, "pixels but the region says", p([brush(good_rle(), width=64)])),
-    Case("B02 RLE truncated", 400, "corrupt", p([brush(good_rle()[:40])])),
-    Case("B03 RLE garbage after a correct header", 400, "corrupt", p([brush(corrupt_rle())])),
-    Case("B04 RLE values outside 0..255", 400, "0..255", p([brush([0, 0, 0xC0, 0, 300, 1, 1])])),
-    Case("B05 RLE a string", 400, "list of byte values", p([brush("abc")])),
-    Case("B06 original_width 0", 400, "positive integers", p([brush(good_rle(), width=0)])),
+    Note("B01 RLE of another size", 400, "pixels but the region says", p([brush(good_rle(), width=64)])),
+    Note("B02 RLE truncated", 400, "corrupt", p([brush(good_rle()[:40])])),
+    Note("B03 RLE garbage after a correct header", 400, "corrupt", p([brush(corrupt_rle())])),
+    Note("B04 RLE values outside 0..255", 400, "0..255", p([brush([0, 0, 0xC0, 0, 300, 1, 1])])),
+    Note("B05 RLE a string", 400, "list of byte values", p([brush("abc")])),
+    Note("B06 original_width 0", 400, "positive integers", p([brush(good_rle(), width=0)])),
     Case("B07 brush of 100000x100000", 413, "over the pixel limit", p([brush(good_rle(), width=10**5, height=10**5)])),
-    Case("B08 brush format png", 400, "not supported", p([brush(good_rle(), format="png")])),
+    Note("B08 brush format png", 400, "not supported", p([brush(good_rle(), format="png")])),
     Case("B10 RLE of over a million records", 413, "runs",
          json.dumps(p([brush(fragmented_rle(), width=768, height=768)]), separators=(",", ":")).encode()),
-    Case("B11 RLE a bigint", 400, "0..255", p([brush([2**70] * 8)])),
+    Note("B11 RLE a bigint", 400, "0..255", p([brush([2**70] * 8)])),
     # polygons, points, rectangles
-    Case("G01 polygon NaN", 400, "malformed polygon", b'{"tasks": [{"id": 1, "data": {"image": "/data/upload/1/cat.png"}}], '
+    Note("G01 polygon NaN", 400, "malformed polygon", b'{"tasks": [{"id": 1, "data": {"image": "/data/upload/1/cat.png"}}], '
          b'"label_config": ' + json.dumps(CONFIG).encode() + b', "params": {"context": {"result": [' +
          json.dumps(polygon()).replace("[20, 20]", "[NaN, 20]").encode() + b"]}}}"),
-    Case("G02 polygon Infinity", 400, "malformed polygon", json.dumps(p([polygon(((1e400, 1), (2, 2), (3, 1)))])).encode()),
-    Case("G03 polygon entirely negative", 400, "outside", p([polygon(((-50, -50), (-10, -50), (-10, -10)))])),
-    Case("G05 polygon of two points", 400, "at least 3 points", p([polygon(((10, 10), (50, 50)))])),
-    Case("G07 polygon of no area", 400, "degenerate", p([polygon(((10, 10), (20, 20), (30, 30)))])),
-    Case("G10 polygon points are strings", 400, "malformed polygon", p([polygon((("a", "b"), ("c", "d"), ("e", "f")))])),
-    Case("G11 polygon point with one coordinate", 400, r"\[x, y\]", p([polygon(((1,), (2,), (3,)))])),
-    Case("G12 polygon points an object", 400, "no points list", p([polygon() | {"value": {"points": {"a": 1}, "polygonlabels": ["Cat"]}}])),
-    Case("G13 bow-tie polygon", 400, "degenerate", p([polygon(((10, 10), (50, 50), (50, 10), (10, 50)))])),
-    Case("K01 keypoint outside", 400, "outside", p([keypoint(150, 50)])),
-    Case("K02 keypoint negative", 400, "outside", p([keypoint(-5, -5)])),
-    Case("K04 negative click alone", 400, "nothing to refine", p([keypoint(positive=False)])),
-    Case("K05 keypoint x a string", 400, "malformed keypoint", p([keypoint("x", 50)])),
-    Case("R01 rectangle of negative width", 400, "empty", p([rectangle(w=-0.1)])),
-    Case("R02 rectangle width 1e308", 400, "non-finite|outside|empty", p([rectangle(w=1e308)])),
-    Case("R04 rotation 'abc'", 400, "rotation", p([rectangle(rotation="abc")])),
-    Case("R05 rotation Infinity", 400, "rotation", json.dumps(p([rectangle(rotation=float("inf"))])).encode()),
-    Case("R06 rectangle entirely outside", 400, "outside", p([rectangle(x=200)])),
+    Note("G02 polygon Infinity", 400, "malformed polygon", json.dumps(p([polygon(((1e400, 1), (2, 2), (3, 1)))])).encode()),
+    Note("G03 polygon entirely negative", 400, "outside", p([polygon(((-50, -50), (-10, -50), (-10, -10)))])),
+    Note("G05 polygon of two points", 400, "at least 3 points", p([polygon(((10, 10), (50, 50)))])),
+    Note("G07 polygon of no area", 400, "degenerate", p([polygon(((10, 10), (20, 20), (30, 30)))])),
+    Note("G10 polygon points are strings", 400, "malformed polygon", p([polygon((("a", "b"), ("c", "d"), ("e", "f")))])),
+    Note("G11 polygon point with one coordinate", 400, r"\[x, y\]", p([polygon(((1,), (2,), (3,)))])),
+    Note("G12 polygon points an object", 400, "no points list", p([polygon() | {"value": {"points": {"a": 1}, "polygonlabels": ["Cat"]}}])),
+    Note("G13 bow-tie polygon", 400, "degenerate", p([polygon(((10, 10), (50, 50), (50, 10), (10, 50)))])),
+    Note("K01 keypoint outside", 400, "outside", p([keypoint(150, 50)])),
+    Note("K02 keypoint negative", 400, "outside", p([keypoint(-5, -5)])),
+    Note("K04 negative click alone", 400, "nothing to refine", p([keypoint(positive=False)])),
+    Note("K05 keypoint x a string", 400, "malformed keypoint", p([keypoint("x", 50)])),
+    Note("R01 rectangle of negative width", 400, "empty", p([rectangle(w=-0.1)])),
+    Note("R02 rectangle width 1e308", 400, "non-finite|outside|empty", p([rectangle(w=1e308)])),
+    Note("R04 rotation 'abc'", 400, "rotation", p([rectangle(rotation="abc")])),
+    Note("R05 rotation Infinity", 400, "rotation", json.dumps(p([rectangle(rotation=float("inf"))])).encode()),
+    Note("R06 rectangle entirely outside", 400, "outside", p([rectangle(x=200)])),
     # images
-    Case("I01 text named .png", 422, "cannot decode image", p([polygon()], tasks=[task("/data/upload/1/text.png")])),
-    Case("I02 truncated PNG", 422, "cannot decode image", p([polygon()], tasks=[task("/data/upload/1/truncated.png")])),
-    Case("I04 4x4 image", 422, "too small", p([keypoint()], tasks=[task("/data/upload/1/tiny.png")])),
+    Note("I01 text named .png", 422, "cannot decode image", p([polygon()], tasks=[task("/data/upload/1/text.png")])),
+    Note("I02 truncated PNG", 422, "cannot decode image", p([polygon()], tasks=[task("/data/upload/1/truncated.png")])),
+    Note("I04 4x4 image", 422, "too small", p([keypoint()], tasks=[task("/data/upload/1/tiny.png")])),
     Case("I05 20000x20000 PNG bomb", 413, "over the limit", p([polygon()], tasks=[task("/data/upload/1/bomb.png")])),
     Case("I05b 3000x3000 PNG over the pixel limit", 413, "3000x3000, over the limit",
          p([polygon()], tasks=[task("/data/upload/1/over.png")])),
-    Case("I11 EPS", 422, "formats a labeling tool shows", p([polygon()], tasks=[task("/data/upload/1/doc.eps")])),
-    Case("I12 SVG", 422, "formats a labeling tool shows", p([polygon()], tasks=[task("/data/upload/1/vector.svg")])),
+    Note("I11 EPS", 422, "formats a labeling tool shows", p([polygon()], tasks=[task("/data/upload/1/doc.eps")])),
+    Note("I12 SVG", 422, "formats a labeling tool shows", p([polygon()], tasks=[task("/data/upload/1/vector.svg")])),
     Case("I14 endless chunked download", 413, "over the limit", p([polygon()], tasks=[task("/data/upload/1/endless.png")])),
     # where images may come from
     Case("U01 another port", 403, "refusing", p([polygon()], tasks=[task("http://127.0.0.1:22/")])),
@@ -377,11 +385,11 @@ CASES = [
     Case("L02 ../ out of the root", 403, "outside the local-files root", p([polygon()], tasks=[task("/data/local-files/?d=../secret.txt")])),
     Case("L03 symlink out of the root", 403, "outside the local-files root", p([polygon()], tasks=[task("/data/local-files/?d=imgs/link.png")])),
     Case("L05 url-encoded ../", 403, "outside the local-files root", p([polygon()], tasks=[task("/data/local-files/?d=%2e%2e/secret.txt")])),
-    Case("L07 NUL byte", 400, "NUL", p([polygon()], tasks=[task("/data/local-files/?d=imgs/a%00.png")])),
-    Case("L08 5000-character name", 400, "too long", p([polygon()], tasks=[task("/data/local-files/?d=imgs/" + "a" * 5000)])),
-    Case("L10 empty d=", 400, "names no file", p([polygon()], tasks=[task("/data/local-files/?d=")])),
+    Note("L07 NUL byte", 400, "NUL", p([polygon()], tasks=[task("/data/local-files/?d=imgs/a%00.png")])),
+    Note("L08 5000-character name", 400, "too long", p([polygon()], tasks=[task("/data/local-files/?d=imgs/" + "a" * 5000)])),
+    Note("L10 empty d=", 400, "names no file", p([polygon()], tasks=[task("/data/local-files/?d=")])),
     Case("L14 just ..", 403, "outside the local-files root", p([polygon()], tasks=[task("/data/local-files/?d=..")])),
-    Case("L15 4200-character deep path", 400, "too long", p([polygon()], tasks=[task("/data/local-files/?d=" + "d/" * 2100)])),
+    Note("L15 4200-character deep path", 400, "too long", p([polygon()], tasks=[task("/data/local-files/?d=" + "d/" * 2100)])),
     # authentication
     Case("A01 no credentials", 401, "authentication required", p(), auth=None),
     Case("A02 wrong password", 401, "authentication required", p(), auth=("g4seg", "guess")),
@@ -392,7 +400,7 @@ CASES = [
     Case("A14 unknown path without credentials", 401, "authentication required", None, path="/admin", method="GET", auth=None),
     # /setup and /webhook
     Case("T01 /setup invalid JSON", 400, "not valid JSON", b"{x", path="/setup"),
-    Case("T02 /setup without BrushLabels", 400, "no BrushLabels", {"schema": '<View><Image name="i" value="$i"/></View>'}, path="/setup"),
+    Case("T02 /setup without BrushLabels", 400, "no brush or polygon tag", {"schema": '<View><Image name="i" value="$i"/></View>'}, path="/setup"),
     Case("T04 /setup body a list", 400, "JSON object", b"[]", path="/setup"),
     Case("T06 /setup billion laughs", 400, "cannot be parsed", {"schema": billion_laughs()}, path="/setup"),
     Case("W01 webhook invalid JSON", 400, "not valid JSON", b"{x", path="/webhook"),
@@ -439,7 +447,7 @@ def raw_request(server, payload: bytes, wait: float = 10) -> tuple[int, str]:
         sock.sendall(payload)
         answer = b""
         try:
-            while b"\r\n\r\n" not in answer or len(answer) < 40:
+            while not _complete(answer):  # headers and body may arrive in separate packets
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -450,6 +458,14 @@ def raw_request(server, payload: bytes, wait: float = 10) -> tuple[int, str]:
     return status, answer.split(b"\r\n\r\n", 1)[-1].decode("latin-1")
 
 
+def _complete(answer: bytes) -> bool:
+    head, sep, payload = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return len(payload) >= int(length.group(1)) if length else False  # no length: read until closed
+
+
 def test_the_corpus_is_large_and_its_ids_unique():
     assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
@@ -457,7 +473,15 @@ def test_the_corpus_is_large_and_its_ids_unique():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_each_malformed_request_is_refused_with_a_reason_and_the_server_keeps_serving(server, case):
     status, reason = send(server, case)
-    assert status == case.status, f"{case.id}: {status} {reason[:300]}"
+    if case.note:
+        assert status == 200, f"{case.id}: {status} {reason[:300]}"
+        (answer,) = json.loads(reason)["results"]
+        (region,) = answer["result"]
+        assert answer["score"] == 0.0 and region["id"].startswith("g4seg-n")
+        assert region["meta"]["text"][0].endswith(answer["error"]), f"{case.id}: the note does not carry the reason"
+        reason = answer["error"]
+    else:
+        assert status == case.status, f"{case.id}: {status} {reason[:300]}"
     assert re.search(case.reason, reason), f"{case.id}: the reason {reason[:300]!r} does not say {case.reason!r}"
     if reason.lstrip().startswith("{") or status in (401, 403, 408, 413, 422):
         assert "\n" not in reason.strip() and len(reason) < 600, f"{case.id}: not a one-line reason: {reason[:300]!r}"
@@ -477,6 +501,7 @@ def test_documented_status_codes_cover_every_answer_of_the_corpus():
 
 
 def test_a_bad_region_in_one_task_of_a_batch_fails_only_that_task(server):
+    failed_before = server.metric("g4seg_task_errors_total")
     bad = {"id": 11, "result": [brush(corrupt_rle())], "updated_at": "2026-01-02"}
     good = {"id": 12, "result": [polygon()], "updated_at": "2026-01-02"}
     answer = requests.post(server.url + "/predict", json=body(tasks=[
@@ -485,7 +510,10 @@ def test_a_bad_region_in_one_task_of_a_batch_fails_only_that_task(server):
     assert answer.status_code == 200, answer.text
     first, broken, third = answer.json()["results"]
     assert first["result"] and third["result"]
-    assert broken["result"] == [] and "corrupt" in broken["error"]
+    # no prediction for the broken task (Label Studio stores none, so a later retrieval asks again);
+    # why is in the log, and counted
+    assert broken == [] and server.metric("g4seg_task_errors_total") == failed_before + 1
+    assert "corrupt" in server.log.read_text().split("task 22:")[-1].splitlines()[0]
 
 
 def test_a_click_on_a_task_whose_draft_holds_a_bad_region_is_still_refined(server):
@@ -504,7 +532,8 @@ def refined_mask(server, image_url, truth, task_id):
     answer = requests.post(server.url + "/predict", json=body([outline], tasks=[task(image_url, task_id=task_id)]),
                            auth=AUTH, timeout=60)
     assert answer.status_code == 200, answer.text
-    (region,) = answer.json()["results"][0]["result"]
+    # the shipped config shares one row of labels: the mask is a brush region beside its labels region
+    (region,) = [r for r in answer.json()["results"][0]["result"] if r["type"] in ("brush", "brushlabels")]
     assert (region["original_width"], region["original_height"]) == (width, height)
     return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
 
