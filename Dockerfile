@@ -32,6 +32,7 @@ RUN pip install -c requirements.txt ".[backend]" \
 
 USER g4seg
 ENV HF_HOME=/models/huggingface \
+    G4SEG_DATA_DIR=/models/g4seg \
     G4SEG_ENGINE=auto \
     G4SEG_DEVICE=auto \
     PORT=9090

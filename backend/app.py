@@ -13,10 +13,13 @@ import time
 from types import SimpleNamespace
 from typing import Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.fetch import ImageFetcher
+from backend.jobs import QueueCollector
+from backend.metrics import CONTENT_TYPE_LATEST
+from backend.server import read_body
 from backend.service import BackendError, EngineHolder, RefineService, error_status
 from backend.settings import Settings
 from backend.writeback import WriteBack
@@ -44,14 +47,25 @@ def create_app(
     service = RefineService(settings, holder, fetcher)
     writeback = WriteBack(settings, service, client_factory)
     app = Flask("g4seg_backend")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["g4seg"] = SimpleNamespace(settings=settings, holder=holder, service=service, writeback=writeback)
     metrics = service.metrics
+    metrics.gauge("g4seg_engine_ready", "1 when the engine is loaded and serving", lambda: holder.state == "ready")
+    metrics.gauge("g4seg_degraded", "1 while image downloads from Label Studio fail or stall",
+                  lambda: service.fetcher.health.problem() is not None)
+    metrics.gauge("g4seg_refinement_slots", "refinements that may run or wait at once (G4SEG_QUEUE_SIZE)",
+                  lambda: service.gate.capacity)
+    metrics.gauge("g4seg_refinements_in_slots", "refinements running or waiting for the engine now",
+                  lambda: service.gate.in_use)
+    metrics.registry.register(QueueCollector(lambda: writeback.queue))  # the write-back queue's gauges
+
+    @app.after_request
+    def count(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(rule, str(response.status_code)).inc()
+        return response
 
     @app.before_request
     def check_auth():
-        rule = request.url_rule.rule if request.url_rule is not None else "/unknown"
-        metrics.inc(f"requests{rule.replace('/', '_')}")
         if not settings.auth_enabled or request.path in OPEN_ROUTES:
             return None
         auth = request.authorization
@@ -73,12 +87,22 @@ def create_app(
     def health():
         body = {"status": {"ready": "UP", "loading": "LOADING", "failed": "FAILED"}[holder.state],
                 "model_class": "G4Seg refiner", "requested_engine": settings.engine}
+        problem = service.fetcher.health.problem()
+        if problem:  # still 200: the engine serves, and images already fetched or on disk still work
+            body["degraded"] = problem
+            if holder.state == "ready":
+                body["status"] = "DEGRADED"
         if holder.status is not None:
             body.update(engine=holder.status.engine.name, model_version=holder.status.engine.version)
             if holder.status.warning:
                 body["warning"] = holder.status.warning
         if holder.error:
             body["error"] = holder.error
+        if settings.can_write_back:  # jobs waiting, and the dead letters' ids
+            try:
+                body["queue"] = writeback.queue.health()
+            except BackendError as exc:
+                body["queue"] = {"error": exc.reason}
         return jsonify(body), 200 if holder.state == "ready" else 503
 
     @app.post("/setup")
@@ -104,18 +128,7 @@ def create_app(
 
     @app.get("/metrics")
     def metrics_route():
-        counters = metrics.snapshot()
-        refinements = counters.get("refinements", 0)
-        return jsonify(
-            engine_state=holder.state,
-            model_version=holder.status.engine.version if holder.status else None,
-            uptime_s=round(time.time() - metrics.started, 1),
-            refinements_running_or_waiting=service.gate.in_use,
-            refinement_slots=service.gate.capacity,
-            writeback_pending=writeback.pending(),
-            mean_refine_s=round(counters.get("refine_seconds", 0) / refinements, 4) if refinements else None,
-            counters=counters,
-        )
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(Exception)
     def on_error(exc):
@@ -128,7 +141,6 @@ def create_app(
                 status, reason = 500, f"internal error: {type(exc).__name__}: {exc}"
             else:
                 status, reason = known
-        metrics.inc(f"errors_{status}")
         if status >= 500 or status == 413:
             log.warning("%s -> %d: %s", request.path, status, reason)
         else:
@@ -141,10 +153,13 @@ def create_app(
 
 
 def _json_body():
-    raw = request.get_data(cache=False)
+    settings = current_app.extensions["g4seg"].settings
+    raw = read_body(request.environ, settings.max_request_bytes, settings.body_timeout)
     if not raw:
         raise BackendError(400, "the request body is empty (expected JSON)")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BackendError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BackendError(400, "the request body is JSON nested too deeply to parse") from None

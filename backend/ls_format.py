@@ -12,35 +12,59 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 
-from g4seg_core.errors import UserError
+from g4seg_core.cache import LRUCache
+from g4seg_core.errors import UserError, one_line
 from g4seg_core.prompts import (
     PriorConfig,
     Prompt,
     box_mask,
+    mask_polygons,
     polygon_area,
     rasterize_polygon,
 )
 
-# Result types that carry a rough shape, and what each is.
+# Result types that carry a rough shape, and what each is: a "*Labels" tag's own type, or a bare
+# tool tag's (<Brush>, <Polygon>, ...) whose labels come from a <Labels> tag shared by all tools.
+# Label Studio saves a region of a bare tool as two items with one id: the tool's
+# {"type": "polygon", "from_name": <tool>} and {"type": "labels", "from_name": <Labels>}, the
+# latter with the geometry and the labels (see `shape_items`).
 SHAPE_TYPES = {
     "brushlabels": "brush",
     "polygonlabels": "polygon",
     "rectanglelabels": "rectangle",
     "keypointlabels": "keypoint",
+    "brush": "brush",
+    "polygon": "polygon",
+    "rectangle": "rectangle",
+    "keypoint": "keypoint",
 }
-# Marks regions this backend wrote back for an annotation: g4seg-a<annotation>-<digest>-<n>.
-WRITEBACK_ID_PREFIX = "g4seg-a"
+LABELS_TYPE = "labels"
+TOOL_TAGS = {"brush": ("BrushLabels", "Brush"), "polygon": ("PolygonLabels", "Polygon")}
+# Every region this backend makes has an id that starts so; Label Studio keeps the id when the
+# annotator accepts a suggestion or a prediction (and then marks it origin "manual"), which is how
+# the backend tells its own masks from rough shapes and never refines them again.
+OWN_ID_PREFIX = "g4seg-"
+# Regions written back for an annotation: g4seg-a<annotation>-<digest>-<n>.
+WRITEBACK_ID_PREFIX = OWN_ID_PREFIX + "a"
 
 
 class FormatError(UserError):
     """Label Studio JSON the backend cannot use; the message says which part and why."""
+
+
+class RleTooLarge(FormatError):
+    """A brush RLE with more runs than the backend decodes (answered 413)."""
+
+
+# More runs than any brush stroke has (a full 40 MP literal stroke needs about 2,500): a bound on
+# the one per-record loop of the decoder, so a hostile RLE costs at most about a second.
+MAX_RLE_RUNS = 1_000_000
 
 
 # ---------------------------------------------------------------- label config
@@ -48,63 +72,103 @@ class FormatError(UserError):
 
 @dataclass(frozen=True)
 class BrushOutput:
-    """A BrushLabels tag the refined masks go to, and the image it labels."""
+    """A tag the refined masks go to (a BrushLabels tag, or a Brush tag labelled by a shared
+    Labels tag), and the image it labels. `tool` "polygon": a PolygonLabels or Polygon tag, for
+    masks given as polygons."""
 
     from_name: str
     to_name: str
     labels: tuple[str, ...]
     data_key: str  # task["data"][data_key] holds the image URL
+    labels_name: str | None = None  # the shared Labels tag, when the tool tag is a bare one
+    tool: str = "brush"  # brush | polygon
+
+    @property
+    def tag(self) -> str:
+        return TOOL_TAGS[self.tool][self.labels_name is not None]
 
     def check_label(self, label: str) -> str:
         if label not in self.labels:
-            raise FormatError(
-                f"label {label!r} is not a label of the BrushLabels tag {self.from_name!r} "
-                f"({', '.join(self.labels) or 'none'})"
-            )
+            owner = f"Labels tag {self.labels_name!r}" if self.labels_name else f"{self.tag} tag {self.from_name!r}"
+            raise FormatError(f"label {label!r} is not a label of the {owner} ({', '.join(self.labels) or 'none'})")
         return label
 
 
 @dataclass(frozen=True)
 class LabelConfig:
     brushes: tuple[BrushOutput, ...]
+    polygons: tuple[BrushOutput, ...] = ()
 
-    def output_for(self, to_name: str | None = None, label: str | None = None) -> BrushOutput:
-        """The BrushLabels tag for an image (and, when several fit, the one that has the label)."""
-        candidates = [b for b in self.brushes if to_name is None or b.to_name == to_name]
+    def output_for(self, to_name: str | None = None, label: str | None = None, tool: str = "brush") -> BrushOutput:
+        """The brush (or polygon) tag for an image (and, when several fit, the one that has the label)."""
+        outputs = self.brushes if tool == "brush" else self.polygons
+        candidates = [b for b in outputs if to_name is None or b.to_name == to_name]
         if not candidates:
-            raise FormatError(f"the label config has no BrushLabels tag on the image {to_name!r}")
+            where = f" on the image {to_name!r}" if to_name else ""
+            raise FormatError(f"the label config has no {TOOL_TAGS[tool][0]} or {TOOL_TAGS[tool][1]} tag{where}")
         for brush in candidates:
             if label is not None and label in brush.labels:
                 return brush
         return candidates[0]
 
+    def output_tool(self, preferred: str) -> str:
+        """The kind of tag masks go to: `preferred` when the config has one, else the one it has."""
+        if preferred == "polygon" and self.polygons:
+            return "polygon"
+        return "brush" if self.brushes else "polygon"
 
-@lru_cache(maxsize=64)
+
+# Parsed label configs by the digest of their text, bounded in count and in the configs' bytes:
+# keeping the text itself as the key held 64 configs of any size (8 MB ones: half a gigabyte).
+_CONFIGS = LRUCache(64, max_weight=16 * 1024 * 1024)
+
+
 def parse_label_config(xml: str) -> LabelConfig:
-    """The project's BrushLabels tags and their images, read from whatever config it has."""
+    """The project's brush and polygon tags and their images, read from whatever config it has:
+    one *Labels tag per tool (BrushLabels, PolygonLabels, ...), or bare tool tags (Brush,
+    Polygon, ...) sharing one Labels tag."""
     if not isinstance(xml, str) or not xml.strip():
         raise FormatError("the request carries no label config")
+    key = hashlib.sha256(xml.encode("utf-8", "surrogatepass")).digest()
+    config = _CONFIGS.get(key)
+    if config is None:
+        config = _parse_label_config(xml)
+        # weight: the text's size, an upper bound of what its parsed tags and labels hold
+        _CONFIGS.put(key, config, weight=len(xml))
+    return config
+
+
+def _parse_label_config(xml: str) -> LabelConfig:
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises its own XML/validation error types
-        raise FormatError(f"the label config cannot be parsed: {_one_line(exc)}") from None
-    brushes = []
+        raise FormatError(f"the label config cannot be parsed: {one_line(exc)}") from None
+    shared = {}  # image name -> the Labels tag on it (the first one, as Label Studio's screen shows)
     for control in interface.controls:
-        if control.tag != "BrushLabels":
+        if control.tag == "Labels":
+            for obj in control.objects:
+                shared.setdefault(obj.name, control)
+    outputs = {"brush": [], "polygon": []}
+    for control in interface.controls:
+        tool = next((t for t, tags in TOOL_TAGS.items() if control.tag in tags), None)
+        if tool is None:
             continue
         for obj in control.objects:
-            if obj.tag != "Image":
-                continue
             value = str(obj.value or "")
-            if not value.startswith("$") or len(value) < 2:
+            if obj.tag != "Image" or not value.startswith("$") or len(value) < 2:
                 continue
-            brushes.append(BrushOutput(control.name, obj.name, tuple(control.labels), value[1:]))
-    if not brushes:
+            if control.tag == TOOL_TAGS[tool][0]:
+                outputs[tool].append(BrushOutput(control.name, obj.name, tuple(control.labels), value[1:], tool=tool))
+            elif obj.name in shared:
+                labels = shared[obj.name]
+                outputs[tool].append(BrushOutput(control.name, obj.name, tuple(labels.labels), value[1:],
+                                                 labels_name=labels.name, tool=tool))
+    if not outputs["brush"] and not outputs["polygon"]:
         raise FormatError(
-            "the label config has no BrushLabels tag on an Image: the refined masks need one "
-            "(see label_config.xml)"
+            "the label config has no brush or polygon tag on an Image with labels (BrushLabels, or Brush with "
+            "a Labels tag): the refined masks need one (see label_config.xml)"
         )
-    return LabelConfig(tuple(brushes))
+    return LabelConfig(tuple(outputs["brush"]), tuple(outputs["polygon"]))
 
 
 # ---------------------------------------------------------------- regions
@@ -151,12 +215,57 @@ def is_shape(item) -> bool:
     return isinstance(item, dict) and str(item.get("type", "")).lower() in SHAPE_TYPES
 
 
-def rough_items(result) -> list[dict]:
-    """The rough shapes of an annotation's result: shape regions not accepted unchanged from a model."""
+def shape_items(result) -> list[dict]:
+    """The shape regions of a result list, one item each, whichever style the config has.
+
+    A bare tool's region comes as two items with one id (the tool's, and a "labels" item with
+    the geometry and the labels): they become one item of the tool's type whose value has both.
+    A "labels" item alone counts by its geometry (rle, points, width and height, or x and y).
+    """
     if not isinstance(result, list):
         raise FormatError("an annotation's result must be a list")
-    # origin "prediction": a model's region kept as it was; refining model output again gains nothing.
-    return [item for item in result if is_shape(item) and item.get("origin") != "prediction"]
+    labelled = {}
+    for item in result:
+        if isinstance(item, dict) and item.get("type") == LABELS_TYPE and isinstance(item.get("value"), dict):
+            labelled.setdefault(item.get("id"), item)
+    out, used = [], set()
+    for item in result:
+        if not is_shape(item):
+            continue
+        partner = labelled.get(item.get("id")) if item.get("id") is not None else None
+        if partner is not None and isinstance(item.get("value"), dict):
+            used.add(item.get("id"))
+            item = {**item, "value": {**item["value"], **partner["value"]}}
+        out.append(item)
+    for key, item in labelled.items():
+        kind = _kind_of_value(item["value"])
+        if key not in used and kind is not None:
+            out.append({**item, "type": kind})
+    return out
+
+
+def _kind_of_value(value: dict) -> str | None:
+    if "rle" in value:
+        return "brush"
+    if "points" in value:
+        return "polygon"
+    if "width" in value and "height" in value:
+        return "rectangle"
+    if "x" in value and "y" in value:
+        return "keypoint"
+    return None
+
+
+def is_own(item: dict) -> bool:
+    """A region this backend made (a suggestion or prediction, accepted and perhaps touched up since)."""
+    return str(item.get("id", "")).startswith(OWN_ID_PREFIX)
+
+
+def rough_items(result) -> list[dict]:
+    """The rough shapes of an annotation's result: shape regions that are not a model's output."""
+    # origin "prediction": another model's region kept as it was; refining model output gains nothing.
+    # Our own masks are never refined again, edited or not: the annotator's touch-ups must stay.
+    return [item for item in shape_items(result) if item.get("origin") != "prediction" and not is_own(item)]
 
 
 def parse_region(item: dict, height: int, width: int, max_pixels: int) -> Region:
@@ -173,7 +282,8 @@ def parse_region(item: dict, height: int, width: int, max_pixels: int) -> Region
         raise FormatError(f"{where} has no value object")
     labels = value.get(kind_key) or value.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise FormatError(f"{where} has no label ({kind_key} must be a non-empty list of names)")
+        raise FormatError(f"{where} has no label: pick a label, then draw ({kind_key} or labels must be a "
+                          "non-empty list of names)")
     to_name = item.get("to_name")
     if not isinstance(to_name, str) or not to_name:
         raise FormatError(f"{where} has no to_name")
@@ -239,30 +349,95 @@ def _brush_mask(item: dict, value: dict, height: int, width: int, max_pixels: in
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (rle_height, rle_width)):
         raise FormatError(f"{where}: original_width and original_height must be positive integers")
     if rle_height * rle_width > max_pixels:
-        raise FormatError(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit")
+        raise RleTooLarge(f"{where}: the brush mask is {rle_width}x{rle_height}, over the pixel limit of {max_pixels}")
     mask = decode_brush_rle(value.get("rle"), rle_height, rle_width, where)
     if mask.shape != (height, width):  # drawn on the image at another size: scale it onto this one
         mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
     return mask
 
 
-def decode_brush_rle(rle, height: int, width: int, where: str = "brush") -> np.ndarray:
-    """Label Studio brush RLE as a bool HxW mask (the alpha channel of its RGBA raster)."""
-    if not isinstance(rle, list) or len(rle) < 5:
+def decode_brush_rle(rle, height: int, width: int, where: str = "brush", max_runs: int | None = None) -> np.ndarray:
+    """Label Studio brush RLE as a bool HxW mask (the alpha channel of its RGBA raster).
+
+    The format (thi-ng rle-pack, as label_studio_sdk.converter.brush reads it) is a bit stream:
+    32 bits value count, 5 bits word size - 1, four 4-bit run-length sizes - 1, then records of
+    1 bit kind, 2 bits size index, the count - 1, and one word (a run) or count words (literals).
+    The SDK's decoder is pure Python per bit and per value (a minute and gigabytes for a 22 MB
+    stroke); here one loop reads only record headers, and the values are read with numpy, only
+    for the alpha channel. The declared size is checked before anything is allocated.
+    """
+    max_runs = MAX_RLE_RUNS if max_runs is None else max_runs
+    if not isinstance(rle, list) or len(rle) < 4:
         raise FormatError(f"{where}: rle must be a list of byte values")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rle):
+    if not all(type(v) is int for v in rle[:64]):
         raise FormatError(f"{where}: rle must hold integers 0..255")
-    # The first 32 bits say how many values follow; check before decoding allocates them.
-    declared = int.from_bytes(bytes(rle[:4]), "big")
-    if declared != height * width * 4:
+    data = np.asarray(rle)
+    if data.dtype.kind not in "iu" or data.ndim != 1 or int(data.min()) < 0 or int(data.max()) > 255:
+        raise FormatError(f"{where}: rle must hold integers 0..255")
+    buf = data.astype(np.uint8).tobytes()
+    num = int.from_bytes(buf[:4], "big")
+    if num != height * width * 4:
         raise FormatError(
-            f"{where}: the rle holds {declared // 4} pixels but the region says {width}x{height} ({height * width})"
+            f"{where}: the rle holds {num // 4} pixels but the region says {width}x{height} ({height * width})"
         )
-    try:
-        flat = decode_rle(rle)
-    except (ValueError, IndexError) as exc:
-        raise FormatError(f"{where}: the rle is corrupt ({_one_line(exc)})") from None
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
+    if len(buf) < 7:
+        raise FormatError(f"{where}: the rle is corrupt (shorter than its 7-byte header)")
+    nbits = len(buf) * 8
+    buf += bytes(8)  # header reads near the end look at whole bytes
+    head = int.from_bytes(buf[4:7], "big")  # bits 32..55: word size, then four run-length sizes
+    word = ((head >> 19) & 31) + 1
+    sizes = [((head >> (15 - 4 * k)) & 15) + 1 for k in range(4)]
+    word_mask = (1 << word) - 1
+    frombytes = int.from_bytes
+    kinds, starts, counts, places = [], [], [], []  # per record: run?, first value, count, value or first bit
+    pos, i = 53, 0
+    while i < num:  # the records chain through their headers: the one loop, once per record
+        if len(kinds) == max_runs:
+            raise RleTooLarge(f"{where}: the rle has more than {max_runs} runs (G4SEG limit)")
+        if pos + 3 > nbits:
+            raise FormatError(f"{where}: the rle is corrupt (it ends after {i} of its {num} values)")
+        window = frombytes(buf[pos >> 3:(pos >> 3) + 4], "big") << (pos & 7)  # 32 bits from pos, left-aligned
+        size = sizes[(window >> 29) & 3]
+        count = ((window >> (29 - size)) & ((1 << size) - 1)) + 1
+        pos += 3 + size
+        kinds.append((window >> 31) & 1)
+        starts.append(i)
+        if kinds[-1]:
+            places.append((frombytes(buf[pos >> 3:(pos >> 3) + 5], "big") >> (40 - (pos & 7) - word)) & word_mask)
+            count = min(count, num - i)  # the encoder's last run may say more than is left
+            pos += word
+        else:
+            if i + count > num:
+                raise FormatError(f"{where}: the rle is corrupt (it holds more values than the {num} it declares)")
+            places.append(pos)
+            pos += count * word
+        counts.append(count)
+        i += count
+    if pos > nbits:
+        raise FormatError(f"{where}: the rle is corrupt (it ends before its {num} values)")
+    return _alpha_mask(np.asarray(kinds, bool), np.asarray(starts, np.int64), np.asarray(counts, np.int64),
+                       np.asarray(places, np.int64), buf, word, height, width)
+
+
+def _alpha_mask(run, start, count, place, buf: bytes, word: int, height: int, width: int) -> np.ndarray:
+    """Value 4p+3 (pixel p's alpha) of the decoded records, as a bool HxW mask."""
+    pixels = height * width
+    first = -(-(start - 3) // 4)  # the first alpha index p with 4p+3 >= start
+    stop = -(-(start + count - 3) // 4)  # one past the last with 4p+3 < start+count
+    edges = np.zeros(pixels + 1, np.int32)
+    on = run & (place != 0) & (stop > first)
+    np.add.at(edges, first[on], 1)
+    np.add.at(edges, stop[on], -1)
+    mask = np.cumsum(edges[:-1], dtype=np.int32) > 0
+    literal = ~run & (stop > first)
+    if literal.any():
+        n = stop[literal] - first[literal]
+        offset = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        alpha = np.repeat(first[literal], n) + offset
+        bit = np.repeat(place[literal] - start[literal] * word, n) + (alpha * 4 + 3) * word
+        ones = np.concatenate(([0], np.cumsum(np.unpackbits(np.frombuffer(buf, np.uint8)), dtype=np.int64)))
+        mask[alpha] = ones[bit + word] > ones[bit]  # any bit of the word set: a non-zero alpha
+    return mask.reshape(height, width)
 
 
 # ---------------------------------------------------------------- prompts
@@ -309,14 +484,44 @@ def enclosing_region(candidates: list[Region], x: float, y: float, label: str | 
     return min(same or holding, key=Region.area)
 
 
+def enclosed_region(candidates: list[Region], boxes: list[Region], label: str | None = None,
+                    share: float = 0.8) -> Region | None:
+    """The largest hard shape (brush, polygon) lying mostly (`share` of it) inside one of the boxes,
+    same label first: what an annotator means by drawing a box around a shape already there."""
+    def inside(region: Region) -> bool:
+        if region.kind not in ("brush", "polygon"):
+            return False
+        if region.kind == "brush":
+            rows, cols = np.nonzero(region.mask)
+            xs, ys = cols + 0.5, rows + 0.5
+        else:
+            xs, ys = np.asarray(region.polygon, np.float64).T
+        for box in boxes:
+            x0, y0, x1, y1 = box.box
+            held = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+            if held.size and held.mean() >= share:
+                return True
+        return False
+
+    holding = [r for r in candidates if inside(r)]
+    if not holding:
+        return None
+    same = [r for r in holding if r.label == label]
+    return max(same or holding, key=Region.area)
+
+
 # ---------------------------------------------------------------- results
 
 
+def own_region_id() -> str:
+    return f"{OWN_ID_PREFIX}r{uuid.uuid4().hex[:10]}"
+
+
 def brush_result(mask: np.ndarray, label: str, output: BrushOutput, score: float, region_id: str | None = None) -> dict:
-    """A refined mask as a Label Studio brush result at the image's size."""
+    """A refined mask as a Label Studio brush result at the image's size (BrushLabels style)."""
     height, width = mask.shape
     return {
-        "id": region_id or uuid.uuid4().hex[:10],
+        "id": region_id or own_region_id(),
         "from_name": output.from_name,
         "to_name": output.to_name,
         "type": "brushlabels",
@@ -328,6 +533,62 @@ def brush_result(mask: np.ndarray, label: str, output: BrushOutput, score: float
         "score": round(float(score), 4),
         "readonly": False,
     }
+
+
+def mask_results(mask: np.ndarray, label: str, output: BrushOutput, score: float, tolerance: float = 1.0) -> list[dict]:
+    """A refined mask as the result items Label Studio's screen would save for the output tag.
+
+    Brush: one region. Polygon: one region per connected part (holes cut in, see
+    `g4seg_core.prompts.mask_polygons`), in percent of the image. A bare tool tag labelled by a
+    shared Labels tag gets each region as its two items, as the screen saves it.
+    """
+    height, width = mask.shape
+    if output.tool == "brush":
+        regions = [brush_result(mask, label, output, score)]
+    else:
+        regions = []
+        for points in mask_polygons(mask, tolerance):
+            regions.append({
+                "id": own_region_id(), "from_name": output.from_name, "to_name": output.to_name,
+                "type": "polygonlabels", "original_width": int(width), "original_height": int(height),
+                "image_rotation": 0,
+                "value": {"points": [[round(100.0 * x / width, 4), round(100.0 * y / height, 4)] for x, y in points],
+                          "closed": True, "polygonlabels": [label]},
+                "score": round(float(score), 4), "readonly": False,
+            })
+    if output.labels_name is None:
+        return regions
+    out = []
+    for region in regions:
+        key = f"{output.tool}labels"
+        geometry = {k: v for k, v in region["value"].items() if k != key}
+        out.append({**region, "type": output.tool, "value": geometry})
+        out.append({**region, "from_name": output.labels_name, "type": LABELS_TYPE,
+                    "value": {**geometry, "labels": region["value"][key]}})
+    return out
+
+
+def note_results(items: list[dict], reason: str) -> list[dict]:
+    """The annotator's first drawn region again, under a new id, with `reason` as its meta text: how
+    an interactive call says why it could not refine (Label Studio's screen shows it as a suggestion
+    at the shape, and the reason in the Info panel once the region is selected)."""
+    shapes = shape_items(items)
+    if not shapes:
+        return []
+    first = shapes[0].get("id")
+    note_id = f"{OWN_ID_PREFIX}n{uuid.uuid4().hex[:10]}"
+    keep = ("from_name", "to_name", "type", "value", "original_width", "original_height", "image_rotation",
+            "is_positive")
+    picked = [i for i in items if isinstance(i, dict) and first is not None and i.get("id") == first] or shapes[:1]
+    return [{**{k: item[k] for k in keep if k in item}, "id": note_id, "score": 0.0,
+             "meta": {"text": [f"g4seg: {reason}"]}} for item in picked]
+
+
+def renumber_regions(result: list[dict], make_id) -> list[dict]:
+    """`result` with each region's id replaced by make_id(n), n counting regions: the two items of
+    one region (a bare tool's and its "labels" item) keep sharing one id."""
+    numbers: dict = {}
+    return [dict(item, id=make_id(numbers.setdefault(item.get("id"), len(numbers)))) for item in result]
 
 
 def items_digest(items: list[dict]) -> str:
@@ -349,5 +610,3 @@ def writeback_marker(annotation_id: int, digest: str | None = None) -> str:
     return f"{WRITEBACK_ID_PREFIX}{annotation_id}-" + (f"{digest[:12]}-" if digest else "")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

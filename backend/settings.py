@@ -18,11 +18,42 @@ log = logging.getLogger(__name__)
 _OWN_NAMES = {
     "G4SEG_ENGINE", "G4SEG_MODEL", "G4SEG_DEVICE", "G4SEG_DTYPE", "G4SEG_CPU_DTYPE", "G4SEG_HOST",
     "G4SEG_THREADS", "G4SEG_WORKERS", "G4SEG_TIMEOUT", "G4SEG_MAX_IMAGE_PIXELS", "G4SEG_MAX_IMAGE_BYTES",
-    "G4SEG_MAX_REQUEST_BYTES", "G4SEG_QUEUE_SIZE", "G4SEG_WRITEBACK_QUEUE_SIZE", "G4SEG_WRITEBACK_RETRIES",
-    "G4SEG_WRITEBACK_BACKOFF", "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV",
-    "G4SEG_LOG_LEVEL", "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE",
+    "G4SEG_MAX_REQUEST_BYTES", "G4SEG_QUEUE_SIZE", "G4SEG_WRITEBACK_QUEUE_SIZE", "G4SEG_WRITEBACK_BACKOFF",
+    "G4SEG_WRITEBACK_MAX_DELAY", "G4SEG_WRITEBACK_MAX_AGE", "G4SEG_QUEUE_URL", "G4SEG_DATA_DIR",
+    "G4SEG_RESULT_CACHE_SIZE", "G4SEG_IMAGE_CACHE_SIZE", "G4SEG_LABEL_STUDIO_VENV", "G4SEG_LOG_LEVEL",
+    "G4SEG_PREANNOTATE", "G4SEG_PREANNOTATE_REFINE", "G4SEG_OUTPUT", "G4SEG_CONNECT_TIMEOUT",
+    "G4SEG_READ_TIMEOUT", "G4SEG_DOWNLOAD_TIMEOUT", "G4SEG_HEADER_TIMEOUT", "G4SEG_BODY_TIMEOUT", "G4SEG_SLOT_WAIT",
     "G4SEG_DECODER", "G4SEG_COMPILE",  # read by the core when the model loads
 }
+
+
+# Numeric settings: field -> (environment variable, type, smallest value). docs/operators.md lists
+# each with its default (tests/backend/test_operators_doc.py compares them).
+NUMBERS = {
+    "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
+    "max_image_bytes": ("G4SEG_MAX_IMAGE_BYTES", int, 1),
+    "max_request_bytes": ("G4SEG_MAX_REQUEST_BYTES", int, 1024),
+    "queue_size": ("G4SEG_QUEUE_SIZE", int, 1),
+    "slot_wait": ("G4SEG_SLOT_WAIT", float, 0),
+    "connect_timeout": ("G4SEG_CONNECT_TIMEOUT", float, 0.1),
+    "read_timeout": ("G4SEG_READ_TIMEOUT", float, 0.1),
+    "download_timeout": ("G4SEG_DOWNLOAD_TIMEOUT", float, 0.1),
+    "header_timeout": ("G4SEG_HEADER_TIMEOUT", float, 0.1),
+    "body_timeout": ("G4SEG_BODY_TIMEOUT", float, 0.1),
+    "writeback_queue_size": ("G4SEG_WRITEBACK_QUEUE_SIZE", int, 1),
+    "writeback_backoff": ("G4SEG_WRITEBACK_BACKOFF", float, 0),
+    "writeback_max_delay": ("G4SEG_WRITEBACK_MAX_DELAY", float, 0),
+    "writeback_max_age": ("G4SEG_WRITEBACK_MAX_AGE", float, 0),
+    "result_cache_size": ("G4SEG_RESULT_CACHE_SIZE", int, 1),
+    "image_cache_size": ("G4SEG_IMAGE_CACHE_SIZE", int, 0),
+    "port": ("PORT", int, 1),
+    "workers": ("G4SEG_WORKERS", int, 1),
+    "threads": ("G4SEG_THREADS", int, 2),
+    "timeout": ("G4SEG_TIMEOUT", int, 1),
+}
+
+
+OUTPUT_CHOICES = ("brush", "polygon")
 
 
 @dataclass(frozen=True)
@@ -44,12 +75,24 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 64 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
-    queue_size: int = 4  # refinements running or waiting at once per process; more get 503
-    writeback_queue_size: int = 64
-    writeback_retries: int = 5
+    queue_size: int = 4  # refinements running or waiting at once per process
+    slot_wait: float = 30.0  # seconds a request waits for one of those slots before 503
+    # The durable job queue (backend/jobs.py): SQLite in data_dir, or Redis at queue_url.
+    queue_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: default_data_dir({}))
+    writeback_queue_size: int = 10_000  # write-back jobs waiting; past it, 503
     writeback_backoff: float = 2.0  # seconds before the first retry; doubles each time
+    writeback_max_delay: float = 60.0  # the longest wait between two tries
+    writeback_max_age: float = 86_400.0  # a job still failing this long after it was queued is dead-lettered
     result_cache_size: int = 256
     image_cache_size: int = 8
+    # Outbound calls (image downloads): seconds to connect, to wait for any bytes, for a whole download
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    download_timeout: float = 30.0
+    # Clients: seconds to send the request line and headers, and the whole body
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
     # Server (used by `g4seg serve`)
     host: str = "0.0.0.0"
     port: int = 9090
@@ -60,6 +103,9 @@ class Settings:
     # Batch predictions for tasks with no rough shape: text-only masks (iseg | diffsegmenter), or off.
     preannotate_method: str | None = None
     preannotate_refine: bool = True
+    # Refined masks as brush regions, or as polygons (for teams that export polygons); a project
+    # whose config has only one of the two tags gets that one whatever this says.
+    output: str = "brush"
 
     @property
     def auth_enabled(self) -> bool:
@@ -92,23 +138,11 @@ class Settings:
             log_level=(env.get("G4SEG_LOG_LEVEL") or env.get("LOG_LEVEL") or cls.log_level).upper(),
             preannotate_method=_preannotate_method(env.get("G4SEG_PREANNOTATE", "")),
             preannotate_refine=_flag("G4SEG_PREANNOTATE_REFINE", env.get("G4SEG_PREANNOTATE_REFINE", "true")),
+            output=_choice("G4SEG_OUTPUT", env.get("G4SEG_OUTPUT", "brush") or "brush", OUTPUT_CHOICES),
+            queue_url=_queue_url(env.get("G4SEG_QUEUE_URL")),
+            data_dir=default_data_dir(env),
         )
-        numbers = {
-            "max_image_pixels": ("G4SEG_MAX_IMAGE_PIXELS", int, 1),
-            "max_image_bytes": ("G4SEG_MAX_IMAGE_BYTES", int, 1),
-            "max_request_bytes": ("G4SEG_MAX_REQUEST_BYTES", int, 1024),
-            "queue_size": ("G4SEG_QUEUE_SIZE", int, 1),
-            "writeback_queue_size": ("G4SEG_WRITEBACK_QUEUE_SIZE", int, 1),
-            "writeback_retries": ("G4SEG_WRITEBACK_RETRIES", int, 0),
-            "writeback_backoff": ("G4SEG_WRITEBACK_BACKOFF", float, 0),
-            "result_cache_size": ("G4SEG_RESULT_CACHE_SIZE", int, 1),
-            "image_cache_size": ("G4SEG_IMAGE_CACHE_SIZE", int, 0),
-            "port": ("PORT", int, 1),
-            "workers": ("G4SEG_WORKERS", int, 1),
-            "threads": ("G4SEG_THREADS", int, 2),
-            "timeout": ("G4SEG_TIMEOUT", int, 1),
-        }
-        for name, (var, kind, minimum) in numbers.items():
+        for name, (var, kind, minimum) in NUMBERS.items():
             if env.get(var):
                 values[name] = _number(var, env[var], kind, minimum)
         for key, value in overrides.items():
@@ -119,6 +153,24 @@ class Settings:
         if values["engine"] not in ENGINE_CHOICES:
             raise SettingError(f"unknown engine {values['engine']!r} (choose from {', '.join(ENGINE_CHOICES)})")
         return cls(**values)
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """G4SEG_DATA_DIR, else the user's cache folder (the Docker images set it inside the model-cache volume)."""
+    if env.get("G4SEG_DATA_DIR"):
+        return Path(env["G4SEG_DATA_DIR"]).expanduser()
+    cache = env.get("XDG_CACHE_HOME") or os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache) if cache else Path.home() / ".cache") / "g4seg"
+
+
+def _queue_url(value: str | None) -> str | None:
+    if not value:
+        return None  # the embedded SQLite queue in G4SEG_DATA_DIR
+    parsed = urlparse(value)
+    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.netloc or parsed.path):
+        raise SettingError(f"G4SEG_QUEUE_URL must be a redis://, rediss:// or unix:// address, got {value!r} "
+                           "(leave it unset for the embedded SQLite queue in G4SEG_DATA_DIR)")
+    return value
 
 
 def _preannotate_method(value: str) -> str | None:
@@ -184,6 +236,8 @@ def _number(var: str, raw: str, kind, minimum):
         value = kind(raw)
     except ValueError:
         raise SettingError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingError(f"{var}={raw!r} is not a finite number")
     if value < minimum:
         raise SettingError(f"{var} must be at least {minimum}, got {raw}")
     return value

@@ -1,36 +1,42 @@
-"""The webhook path: refine a saved annotation in the background and write a prediction back.
+"""The webhook path: a saved annotation's rough shapes refined and written back as a prediction.
 
-`/webhook` answers at once; one thread per process refines queued annotations and writes each
-result to Label Studio through label-studio-sdk's client, retrying with backoff while Label
-Studio is unreachable. The same annotation (same shapes) twice makes one prediction: duplicates
-are dropped on arrival, and before writing, the task's predictions are checked for regions this
-backend already wrote for that annotation (their ids carry the annotation id and a digest of its
-shapes), so a restart or a second worker process does not write it again either. An annotation
-whose shapes changed gets its earlier prediction updated, not a second one.
+`/webhook` checks the annotation and puts a job in the durable queue (backend/jobs.py): ids and
+shapes only (project, task, annotation, the rough regions, the task's image reference, the
+label-config key). The job runs in the one process that consumes the queue. It is done only when
+Label Studio holds its prediction:
+
+1. the annotation is read back from Label Studio: if it is gone, or its shapes changed since (a
+   newer job has them), there is nothing to write;
+2. the task's predictions are checked for the one this backend wrote for that annotation (region
+   ids carry the annotation id and a digest of its shapes): with the same shapes and model version
+   it is done already (a restart, a replay or a sweep never writes twice);
+3. the shapes are refined and the prediction is created, or the earlier one for that annotation
+   updated.
+
+Label Studio unreachable (or answering 5xx/429), or the task image not handed over: the queue
+retries with backoff until G4SEG_WRITEBACK_MAX_AGE; anything else sends the job to the dead letters.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+import requests
 
 from backend.fetch import ImageDownloadError
+from backend.jobs import JobQueue, QueueConsumer, QueueFull, QueueUnavailable, job_id
+from backend.ls_api import ls_client
 from backend.ls_format import (
     FormatError,
     items_digest,
     parse_label_config,
+    renumber_regions,
     rough_items,
     writeback_marker,
     writeback_region_id,
 )
-from backend.service import BackendError, RefineService, error_status
+from backend.service import BackendError, RefineService
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,27 +44,21 @@ log = logging.getLogger(__name__)
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
 
-@dataclass
-class Job:
-    task: dict
-    annotation: dict
-    label_config: str
-    digest: str
-
-    @property
-    def key(self) -> tuple:
-        return (self.task["id"], self.annotation["id"], self.digest)
-
-
 def default_client_factory(settings: Settings):
     def make():
-        from label_studio_sdk import LabelStudio
-
-        # Our own retry loop spaces the attempts; the client's retries would stack on top of it.
-        return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key,
-                           timeout=30, max_retries=0)
+        return ls_client(settings.label_studio_url, settings.label_studio_api_key, timeout=30)
 
     return make
+
+
+def writeback_job(project_id, task: dict, annotation_id: int, items: list[dict], config_key: str,
+                  data_keys) -> dict:
+    """What the queue keeps of a saved annotation: ids, shapes, and the image reference only."""
+    digest = items_digest(items)
+    return {"id": job_id(task["id"], annotation_id, digest), "kind": "writeback",
+            "project": project_id if isinstance(project_id, int) else None, "task": task["id"],
+            "annotation": annotation_id, "digest": digest, "items": items, "config": config_key,
+            "data": {key: task["data"][key] for key in sorted(data_keys) if key in task["data"]}}
 
 
 class WriteBack:
@@ -68,11 +68,18 @@ class WriteBack:
         self.metrics = service.metrics
         self._client_factory = client_factory or default_client_factory(settings)
         self._client = None
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.writeback_queue_size)
-        self._seen: OrderedDict = OrderedDict()  # keys queued or written, most recent last
-        self._seen_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._queue: JobQueue | None = None
+        self.consumer: QueueConsumer | None = None
+
+    @property
+    def queue(self) -> JobQueue | None:
+        """The durable queue, opened on first use; None while write-back is not configured."""
+        if self._queue is None and self.settings.can_write_back:
+            try:
+                self._queue = JobQueue(self.settings)
+            except QueueUnavailable as exc:
+                raise BackendError(503, str(exc)) from None
+        return self._queue
 
     # ------------------------------------------------------------ the webhook route
 
@@ -91,7 +98,7 @@ class WriteBack:
         if not isinstance(project, dict):
             raise FormatError("the webhook carries no project")
         label_config = project.get("label_config")
-        parse_label_config(label_config)
+        config = parse_label_config(label_config)
         if annotation.get("was_cancelled"):
             return {"status": "ignored", "reason": "the annotation was skipped"}
         items = rough_items(annotation.get("result"))
@@ -101,144 +108,106 @@ class WriteBack:
             log.warning("webhook for annotation %s ignored: writing predictions back needs LABEL_STUDIO_URL "
                         "and LABEL_STUDIO_API_KEY", annotation["id"])
             return {"status": "ignored", "reason": "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set"}
-        if self.service.holder.state == "failed":
-            self.service.holder.require()  # raises the 503 with the load error
-        job = Job(task=task, annotation=annotation, label_config=label_config, digest=items_digest(items))
-        return {"status": self.submit(job), "task": task["id"], "annotation": annotation["id"]}
+        queue = self.queue
+        try:
+            job = writeback_job(project.get("id"), task, annotation["id"], items, queue.put_config(label_config),
+                                {b.data_key for b in config.brushes})
+            status = queue.submit(job)
+        except QueueFull as exc:
+            self.metrics.writebacks.labels("rejected_busy").inc()
+            raise BackendError(503, str(exc)) from None
+        except QueueUnavailable as exc:
+            raise BackendError(503, str(exc)) from None
+        except Exception as exc:  # the store failed while saving the label config
+            raise BackendError(503, f"cannot reach the job queue at {queue.location}: {exc}") from None
+        self.metrics.writebacks.labels("duplicates" if status == "duplicate" else "queued").inc()
+        return {"status": status, "task": task["id"], "annotation": annotation["id"], "job": job["id"]}
 
-    def submit(self, job: Job) -> str:
-        with self._seen_lock:
-            if job.key in self._seen:
-                self.metrics.inc("writeback_duplicates")
-                return "duplicate"
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
-                self.metrics.inc("busy_rejections")
-                raise BackendError(503, f"busy: {self._queue.maxsize} annotations are already waiting to be "
-                                        "refined; try again") from None
-            self._remember(job.key)
-        self.metrics.inc("writeback_queued")
-        return "queued"
-
-    # ------------------------------------------------------------ the worker
+    # ------------------------------------------------------------ the consumer
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="g4seg-writeback", daemon=True)
-        self._thread.start()
+        """Take part in consuming the queue: once the engine is ready, whoever holds the lease runs the jobs."""
+        if not self.settings.can_write_back:
+            return
+        queue = self.queue
+        queue.set_handler(self.run_job, is_transient, self._count)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wakes the worker at once
-        if self._thread is not None:
-            self._thread.join(timeout)
+        def ready() -> bool:
+            self.service.holder.wait()
+            if self.service.holder.state != "ready":
+                log.error("the engine did not load: this process does not run write-back jobs")
+                return False
+            return True
 
-    def pending(self) -> int:
-        return self._queue.unfinished_tasks
+        def publish() -> None:  # what `g4seg sweep` compares predictions against
+            queue.publish_model_version(self.service.model_version())
 
-    def wait_idle(self, timeout: float) -> bool:
-        """True once every queued job is done (tests and shutdown use this)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self._queue.unfinished_tasks == 0
+        self.consumer = QueueConsumer(queue, ready=ready, on_start=publish)
+        self.consumer.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if job is None:
-                self._queue.task_done()
-                break
-            try:
-                self._process(job)
-            except Exception:  # a bug in one job must not end the worker
-                log.exception("write-back of annotation %s failed unexpectedly", job.annotation["id"])
-                self.metrics.inc("writeback_failed")
-            finally:
-                self._queue.task_done()
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.consumer is not None:
+            self.consumer.stop(timeout)
+        if self._queue is not None:
+            self._queue.close()
 
-    def _process(self, job: Job) -> None:
-        self.service.holder.wait()
-        retries = self.settings.writeback_retries
-        for attempt in range(retries + 1):
-            try:
-                config = parse_label_config(job.label_config)
-                prediction, digest = self.service.refine_annotation(job.task, job.annotation, config)
-                outcome = self._write(job, prediction, digest)
-                self.metrics.inc(f"writeback_{outcome}")
-                log.info("task %s, annotation %s: prediction %s", job.task["id"], job.annotation["id"], outcome)
-                return
-            except Exception as exc:
-                if not _transient(exc):
-                    status = error_status(exc)
-                    log.error("task %s, annotation %s: not refined: %s", job.task["id"], job.annotation["id"],
-                              status[1] if status else exc, exc_info=status is None)
-                    self.metrics.inc("writeback_failed")
-                    return
-                if attempt == retries or self._stop.is_set():
-                    log.error("task %s, annotation %s: giving up writing the prediction after %d attempts: %s",
-                              job.task["id"], job.annotation["id"], attempt + 1, _describe(exc))
-                    self.metrics.inc("writeback_failed")
-                    self._forget(job.key)  # the same annotation sent again may try again
-                    return
-                delay = self.settings.writeback_backoff * (2 ** attempt)
-                log.warning("task %s, annotation %s: Label Studio unreachable (%s); retry %d of %d in %.1f s",
-                            job.task["id"], job.annotation["id"], _describe(exc), attempt + 1, retries, delay)
-                self.metrics.inc("writeback_retries")
-                self._client = None  # reconnect on the next attempt
-                self._stop.wait(delay)
+    def _count(self, job: dict, outcome: str) -> None:
+        self.metrics.writebacks.labels(outcome).inc()
 
-    def _write(self, job: Job, prediction: dict, digest: str) -> str:
-        annotation_id = job.annotation["id"]
-        result = [dict(region, id=writeback_region_id(annotation_id, digest, i))
-                  for i, region in enumerate(prediction["result"])]
+    # ------------------------------------------------------------ one job
+
+    def run_job(self, job: dict) -> str:
+        """Do one write-back job; the outcome: created, updated, exists, stale, gone or empty."""
+        from label_studio_sdk.core.api_error import ApiError
+
         client = self._client = self._client or self._client_factory()
-        existing = client.predictions.list(task=job.task["id"])
-        mine = [p for p in existing if any(str(r.get("id", "")).startswith(writeback_marker(annotation_id))
-                                           for r in (p.result or []))]
-        same = writeback_marker(annotation_id, digest)
-        if any(str(r.get("id", "")).startswith(same) for p in mine for r in (p.result or [])):
+        try:
+            return self._run_job(client, job)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return "gone"  # the task or annotation was deleted: nothing to write
+            self._client = None if is_transient(exc) else self._client
+            raise
+        except (httpx.TransportError, ConnectionError, TimeoutError):
+            self._client = None  # reconnect on the next try
+            raise
+
+    def _run_job(self, client, job: dict) -> str:
+        annotation_id, task_id = job["annotation"], job["task"]
+        annotation = client.annotations.get(annotation_id)
+        current = rough_items(annotation.result or [])
+        if annotation.was_cancelled or not current or items_digest(current) != job["digest"]:
+            return "stale"  # changed since: the newer webhook (or `g4seg sweep`) has its shapes
+        version = self.service.model_version()
+        mine = [p for p in client.predictions.list(task=task_id) if _has_region(p, writeback_marker(annotation_id))]
+        same = writeback_marker(annotation_id, job["digest"])
+        if any(p.model_version == version and _has_region(p, same) for p in mine):
             return "exists"
-        if not result:
+        config = parse_label_config(self._queue.label_config(job["config"]))
+        prediction, digest = self.service.refine_annotation({"id": task_id, "data": job["data"]},
+                                                            {"id": annotation_id, "result": job["items"]}, config)
+        if prediction is None or not prediction["result"]:
             return "empty"
+        result = renumber_regions(prediction["result"], lambda n: writeback_region_id(annotation_id, digest, n))
         fields = dict(result=result, score=prediction["score"], model_version=prediction["model_version"])
         if mine:
             client.predictions.update(mine[0].id, **fields)
             return "updated"
-        client.predictions.create(task=job.task["id"], **fields)
+        client.predictions.create(task=task_id, **fields)
         return "created"
 
-    def _remember(self, key) -> None:
-        self._seen[key] = True
-        self._seen.move_to_end(key)
-        while len(self._seen) > 4096:
-            self._seen.popitem(last=False)
 
-    def _forget(self, key) -> None:
-        with self._seen_lock:
-            self._seen.pop(key, None)
+def _has_region(prediction, prefix: str) -> bool:
+    return any(str(region.get("id", "")).startswith(prefix) for region in (prediction.result or []))
 
 
-def _transient(exc: BaseException) -> bool:
-    """Failures that waiting may cure: Label Studio down, slow or overloaded."""
+def is_transient(exc: BaseException) -> bool:
+    """Failures that waiting may cure: Label Studio (or its storage) down, slow or overloaded."""
     from label_studio_sdk.core.api_error import ApiError
 
-    if isinstance(exc, (httpx.TransportError, ImageDownloadError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (httpx.TransportError, requests.ConnectionError, requests.Timeout, ImageDownloadError,
+                        ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, ApiError):
-        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code in (408, 429)
     return False
-
-
-def _describe(exc: BaseException) -> str:
-    from label_studio_sdk.core.api_error import ApiError
-
-    if isinstance(exc, ApiError):
-        return f"Label Studio answered {exc.status_code}"
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-

@@ -1,14 +1,24 @@
 """Pre-annotation throughput: text-only masks, then G4Seg refinement, on the full-size architecture.
 
-Builds Stable Diffusion 2.1-base from its configs with random weights (a random weight costs what
-a trained one does), then times, per image, what `g4seg preannotate` computes: the text-only
-segmentation (one UNet call for all classes) and the refinement of each class found. Image download
-and upload are left out (they depend on the network, not on this code). Writes
-benchmarks/results/preannotate_throughput_<cpu|cuda>.json and, from all such files, the
-`preannotate_throughput` block of docs/performance.md (a GPU run adds to the CPU figures).
+Two measurements, on Stable Diffusion 2.1-base built from its configs with random weights (a
+random weight costs what a trained one does):
+
+- compute (the default): per image, what `g4seg preannotate` computes: the text-only segmentation
+  (one UNet call for all classes) and the refinement of each class found; download and upload left
+  out. Writes benchmarks/results/preannotate_throughput_<cpu|cuda>.json.
+- `--executors in-process,ray:1,ray:2`: the whole pipeline (list, download, predict, upload) against
+  a real Label Studio 1.23.2 (tests/e2e/labelstudio.py starts one), once per executor on a fresh
+  project of the same images, in one run so that the ratios compare like with like: wall time from
+  the start (workers started, models loaded) to the last upload, and each worker's compute rate.
+  The random-weight model is written once as a diffusers folder (every Ray actor loads it, as it
+  would a real one). Writes benchmarks/results/preannotate_executors_<cpu|cuda>.json.
+
+Either mode rewrites the `preannotate_throughput` block of docs/performance.md from every results
+file present (a GPU run adds to the CPU figures).
 
     python benchmarks/preannotate_throughput.py                 # 512 and 256, 2 images each, iSeg
     python benchmarks/preannotate_throughput.py --sizes 512 --images 3 --method diffsegmenter
+    python benchmarks/preannotate_throughput.py --executors in-process,ray:1,ray:2 --sizes 256 --images 16
 """
 from __future__ import annotations
 
@@ -93,8 +103,8 @@ def measure(model: SDModel, size: int, images: int, method: str, refine_settings
     }
 
 
-def results_path(device_kind: str) -> Path:
-    return ROOT / "benchmarks" / "results" / f"preannotate_throughput_{device_kind}.json"
+def results_path(device_kind: str, what: str = "throughput") -> Path:
+    return ROOT / "benchmarks" / "results" / f"preannotate_{what}_{device_kind}.json"
 
 
 def report() -> str:
@@ -111,7 +121,58 @@ def report() -> str:
         sections.append("GPU: not measured yet. No GPU was lent to the session that wrote this block; run "
                         "`python benchmarks/preannotate_throughput.py` on a CUDA machine to add its figures here "
                         "(the CPU figures stay).")
+    sections.append("### The whole pipeline: in-process and on Ray")
+    for kind in ("cpu", "cuda"):
+        path = results_path(kind, "executors")
+        if path.exists():
+            data = json.loads(path.read_text())
+            sections.append(_executors_section(data["rows"], data["meta"]))
+    if not results_path("cuda", "executors").exists():
+        sections.append("N GPUs: not measured. No GPU was lent to the session that wrote this block; on a machine "
+                        "with N GPUs run `python benchmarks/preannotate_throughput.py --executors "
+                        "in-process,ray:1,ray:N --sizes 512 --images 64` (add `--refine` for refinement) to add "
+                        "its figures here.")
     return "\n\n".join(sections)
+
+
+def _executors_section(rows: list[dict], meta: dict) -> str:
+    base = rows[0]
+    lines = [
+        f"**{meta['machine']}**, {meta['dtype']}: measured by `python benchmarks/preannotate_throughput.py "
+        f"--executors {meta['executors']} --sizes {meta['working_size']} --images {meta['images']}"
+        f"{' --refine' if meta['refine'] else ''}` on {meta['date']}; full-size SD 2.1-base architecture with random "
+        f"weights loaded from a diffusers folder by each worker; {meta['method']} "
+        f"{'with refinement' if meta['refine'] else 'text-only'} at working size {meta['working_size']}, "
+        f"{meta['classes']} classes, {meta['image_size']} PNGs served by a real Label Studio {meta['label_studio']} on "
+        f"this machine; batches of {meta['batch_size']} images (model call and upload). Wall time runs from the "
+        "start (Ray started, the model loaded in every worker) to the last upload; compute is the time inside "
+        f"the model. 1-minute load average {meta['load_average'][0]} at the start and {meta['load_average'][1]} "
+        "at the end.",
+        "",
+        "| executor | workers x threads | images | wall s | first upload at s | images/hour (wall) | vs in-process "
+        "| compute s (all workers) | images/hour per worker computing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['executor']} | {r['workers']} x {r['threads']} | {r['images']} | {r['wall_s']:.1f} | "
+                     f"{r['first_upload_s']:.1f} | {r['images_per_hour']:.0f} | "
+                     f"{r['images_per_hour'] / base['images_per_hour']:.2f} | {r['compute_s']:.1f} | "
+                     f"{r['images_per_hour_per_worker']:.0f} |")
+    lines.append("")
+    for r in rows[1:]:
+        together = 3600 * r["images"] / (r["compute_s"] / r["workers_that_computed"]) if r["compute_s"] else 0.0
+        lines.append(f"- {r['executor']}: its first upload came {r['first_upload_s'] - base['first_upload_s']:.0f} s "
+                     f"later than in-process; its {r['workers_that_computed']} worker(s) then computed "
+                     f"{together:.0f} images/hour together, {together / base['images_per_hour_per_worker']:.2f} "
+                     "times the in-process worker.")
+    lines += [
+        "",
+        "On a CPU the cores are the limit: actors share them, so they add nothing to what one process with all "
+        "the threads computes, and Ray adds its start (the local Ray, a worker that loads the model to name its "
+        "version, then every actor loading its own copy) before the first image. Ray pays off where each actor "
+        "gets its own GPU: the actors then add up, and the start is paid once per run.",
+    ]
+    return "\n".join(lines)
 
 
 def _section(rows: list[dict], meta: dict) -> str:
@@ -143,6 +204,159 @@ def _section(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the pipeline per executor
+
+
+def write_random_model(config_dir: Path, dtype: str, cache: Path) -> Path:
+    """The full-size architecture with random weights as a diffusers folder (safetensors), written once."""
+    import shutil
+
+    folder = cache / f"sd21-base-random-{dtype}"
+    if (folder / "complete").exists():
+        return folder
+    started = time.perf_counter()
+    model = build_random_sd(config_dir, device="cpu", dtype=getattr(torch, dtype), fast_decoder=False)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in ("unet", "vae", "text_encoder"):
+        getattr(model, name).save_pretrained(partial / name, safe_serialization=True)
+    model.tokenizer.save_pretrained(partial / "tokenizer")
+    shutil.copytree(config_dir / "scheduler", partial / "scheduler")
+    shutil.copy(config_dir / "model_index.json", partial / "model_index.json")
+    (partial / "complete").write_text("written by benchmarks/preannotate_throughput.py\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    print(f"wrote the random-weight model to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+class _FirstResult:
+    """An executor, noting when its first batch of results came back."""
+
+    def __init__(self, executor, started: float):
+        self.executor, self.started, self.first = executor, started, None
+        self.description = executor.description
+
+    def model_version(self, plan):
+        return self.executor.model_version(plan)
+
+    def run(self, plan, rows):
+        for batch in self.executor.run(plan, rows):
+            if self.first is None:
+                self.first = time.perf_counter() - self.started
+            yield batch
+
+    def close(self):
+        self.executor.close()
+
+
+def measure_executors(args) -> int:
+    import gc
+    import json
+    import platform
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from labelstudio import LABEL_STUDIO_VERSION, LabelStudio  # noqa: E402
+
+    from backend.ls_format import parse_label_config
+    from backend.preannotation import InProcess, Plan, load_preannotator, ls_client, preannotate_project
+    from backend.preannotation_ray import OnRay
+    from backend.settings import Settings
+
+    specs = [e.strip() for e in args.executors.split(",") if e.strip()]
+    for spec in specs:
+        if spec != "in-process" and not (spec.startswith("ray:") and spec[4:].isdigit() and int(spec[4:]) >= 1):
+            raise SystemExit(f"--executors: {spec!r} is not in-process or ray:N")
+    (size,) = [int(s) for s in args.sizes.split(",") if s.strip()][:1] or [256]
+    dev = resolve_device(args.device)
+    dtype = str(resolve_dtype(args.dtype, dev)).replace("torch.", "")
+    load_before = os.getloadavg()[0]
+    folder = write_random_model(args.config_dir, dtype, Path(args.cache))
+    work = Path(tempfile.mkdtemp(prefix="g4b", dir="/tmp"))  # short: Ray's socket paths stay < 108 bytes
+    os.environ.setdefault("RAY_TMPDIR", str(work))
+    from PIL import Image
+
+    paths = []
+    for i in range(args.images):
+        paths.append(work / f"photo-{i}.png")
+        Image.fromarray(test_image(i)).save(paths[-1])
+    label_config = (ROOT / "label_config.xml").read_text()
+    ls = LabelStudio.start(work / "label-studio")
+    rows = []
+    try:
+        client = ls_client(ls.url, ls.token)
+        for spec in specs:
+            project = ls.create_project(label_config, title=f"bench {spec}")
+            ls.import_images(project, paths)
+            output = parse_label_config(label_config).brushes[0]
+            refiner_config = RefinerConfig(working_size=size, **({"iterations": args.refine_iterations}
+                                                                 if args.refine_iterations else {})) if args.refine else None
+            plan = Plan(url=ls.url, api_key=ls.token, project=project, output=output, labels=tuple(output.labels),
+                        fetch_settings=Settings(label_studio_url=ls.url, label_studio_api_key=ls.token,
+                                                image_cache_size=0),
+                        text_config=replace(config_for(args.method), working_size=size),
+                        refiner_config=refiner_config, model=str(folder), device=args.device, dtype=dtype,
+                        batch_size=args.batch_size, upload_batch=args.batch_size)
+            print(f"{spec}: {args.images} images at {size}", flush=True)
+            started = time.perf_counter()
+            if spec == "in-process":
+                executor = InProcess(load_preannotator(plan))
+                threads = torch.get_num_threads()
+            else:
+                executor = OnRay("auto", actors=int(spec[4:]))
+                plan = executor.connect(plan)
+                threads = plan.threads or 1
+            timed = _FirstResult(executor, started)
+            try:
+                plan = replace(plan, model_version=timed.model_version(plan))
+                summary = preannotate_project(client, plan, timed, progress=False)
+            finally:
+                timed.close()
+            wall = time.perf_counter() - started
+            for line in summary.lines():
+                print("  " + line, flush=True)
+            if summary.done != args.images:
+                raise SystemExit(f"{spec}: {summary.done} of {args.images} images done: not a measurement")
+            compute = sum(w.seconds for w in summary.workers.values())
+            workers = len(summary.workers)
+            rows.append({
+                "executor": "in-process" if spec == "in-process" else f"Ray, {spec[4:]} actor{'s' * (spec != 'ray:1')}",
+                "workers": int(spec[4:]) if spec != "in-process" else 1, "workers_that_computed": workers,
+                "threads": threads, "images": summary.done, "wall_s": round(wall, 2),
+                "first_upload_s": round(timed.first or wall, 2),
+                "images_per_hour": round(3600 * summary.done / wall, 1), "compute_s": round(compute, 2),
+                "images_per_hour_per_worker": round(3600 * summary.done / compute, 1) if compute else 0.0,
+                "model_version": plan.model_version,
+            })
+            del executor, timed
+            gc.collect()
+    finally:
+        ls.stop()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": f"{machine()} ({cpu})" if dev.type == "cpu" else machine(),
+        "dtype": dtype, "method": args.method, "refine": args.refine, "working_size": size, "images": args.images,
+        "classes": len(parse_label_config(label_config).brushes[0].labels), "image_size": "640x480",
+        "batch_size": args.batch_size, "executors": ",".join(specs), "label_studio": LABEL_STUDIO_VERSION,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    print(json.dumps(rows, indent=1))
+    if args.no_doc:
+        print(_executors_section(rows, meta))
+        return 0
+    write_json({"meta": meta, "rows": rows}, results_path("cuda" if dev.type == "cuda" else "cpu", "executors"))
+    text = report()
+    print(text)
+    replace_block("preannotate_throughput", text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="diffusers folder with the configs")
@@ -153,7 +367,15 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto: fp16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--no-doc", action="store_true", help="a trial run: print only, write no results nor docs")
+    parser.add_argument("--executors", help="measure the whole pipeline per executor instead: e.g. "
+                                            "in-process,ray:1,ray:2 (the first is the baseline of the ratios)")
+    parser.add_argument("--batch-size", type=int, default=4, help="--executors: images per model call and upload")
+    parser.add_argument("--refine", action="store_true", help="--executors: with G4Seg refinement")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "g4seg" / "bench"),
+                        help="--executors: where the random-weight model folder is written once")
     args = parser.parse_args(argv)
+    if args.executors:
+        return measure_executors(args)
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     load_before = os.getloadavg()[0]

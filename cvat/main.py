@@ -24,7 +24,7 @@ import numpy as np
 from g4seg_core.engines.base import check_image
 from g4seg_core.engines.factory import create_engine
 from g4seg_core.errors import UserError
-from g4seg_core.images import decode_image
+from g4seg_core.images import LABELING_FORMATS, decode_image
 from g4seg_core.prompts import Prompt, edge_notes
 
 
@@ -116,7 +116,7 @@ def parse_request(body: Any) -> InteractorRequest:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("image is not valid base64") from None
-    image = check_image(decode_image(raw))
+    image = check_image(decode_image(raw, formats=LABELING_FORMATS))  # no decoder a browser would not run
     positive = _points(data.get("pos_points"), "pos_points")
     negative = _points(data.get("neg_points"), "neg_points")
     box = _box(data.get("obj_bbox"))

@@ -6,11 +6,17 @@ from collections import OrderedDict
 
 
 class LRUCache:
-    """A thread-safe map that keeps at most `capacity` entries, dropping the least recently used."""
+    """A thread-safe map that keeps at most `capacity` entries, dropping the least recently used.
 
-    def __init__(self, capacity: int):
+    With `max_weight`, the entries' weights (given to `put`, e.g. their size in bytes) also stay
+    within it; an entry heavier than that alone is not kept.
+    """
+
+    def __init__(self, capacity: int, max_weight: int | None = None):
         self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
+        self.max_weight = max_weight
+        self.weight = 0
+        self._items: OrderedDict = OrderedDict()  # key -> (value, weight)
         self._lock = threading.Lock()
 
     def get(self, key, default=None):
@@ -18,16 +24,19 @@ class LRUCache:
             if key not in self._items:
                 return default
             self._items.move_to_end(key)
-            return self._items[key]
+            return self._items[key][0]
 
-    def put(self, key, value) -> None:
-        if self.capacity <= 0:
+    def put(self, key, value, weight: int = 1) -> None:
+        if self.capacity <= 0 or (self.max_weight is not None and weight > self.max_weight):
             return
         with self._lock:
-            self._items[key] = value
+            if key in self._items:
+                self.weight -= self._items[key][1]
+            self._items[key] = (value, weight)
             self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.weight += weight
+            while len(self._items) > self.capacity or (self.max_weight is not None and self.weight > self.max_weight):
+                self.weight -= self._items.popitem(last=False)[1][1]
 
     def __contains__(self, key) -> bool:
         with self._lock:
@@ -39,3 +48,4 @@ class LRUCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self.weight = 0

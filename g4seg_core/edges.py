@@ -77,3 +77,27 @@ def edge_aware_probability(image: np.ndarray, probability: np.ndarray, radius: i
     if prob.shape != (height, width):
         prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(guided_filter(image, prob, radius, eps), 0.0, 1.0)
+
+
+def boundary_certainty(image: np.ndarray, probability: np.ndarray, mask: np.ndarray) -> float:
+    """How clearly the image supports a mask's outline, in [0, 1]: a reviewer's sorting key.
+
+    The engine's probability is filtered with the image as guide (`guided_filter`), which keeps a
+    step where the image has an edge and blurs it where the image is flat; the score is the mean
+    certainty |2p - 1| of the filtered map over the uncertain band, the pixels within a few pixels
+    of the mask's outline (2 % of the mask's equivalent diameter, at least 2). An outline on a
+    clear object edge scores near 1; one through uniform colour, low contrast or an engine's
+    hesitation scores lower. The mask's interior far from the outline does not count, so large
+    and small objects compare.
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return 0.0
+    radius = max(2, int(round(0.02 * 2.0 * np.sqrt(mask.sum() / np.pi))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    binary = mask.astype(np.uint8)
+    band = (cv2.dilate(binary, kernel) > 0) & ~(cv2.erode(binary, kernel) > 0)
+    if not band.any():
+        return 0.0
+    filtered = np.clip(guided_filter(image[..., :3], np.asarray(probability, np.float32), 2 * radius, 1e-2), 0, 1)
+    return float(np.mean(np.abs(2.0 * filtered[band] - 1.0)))

@@ -22,9 +22,21 @@ class ImageError(UserError):
     """An image or mask that cannot be read or used."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over a size limit (pixels or bytes): refused before it is decoded."""
+
+
 class WeightsNotFoundError(UserError):
     """Model weights that cannot be found or are not in safetensors; the message says where we looked."""
 
 
 class DataError(UserError):
     """A dataset (for `g4seg bench`) that cannot be read as specified."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a message: whitespace folded, an HTTP status first when
+    the exception carries one (the Label Studio SDK's `ApiError`), the type's name when it says nothing."""
+    status = getattr(exc, "status_code", None)
+    text = f"HTTP {status}: {getattr(exc, 'body', '')}" if status is not None else str(exc)
+    return " ".join(text.split())[:limit] or type(exc).__name__

@@ -3,31 +3,67 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+# Registers LABELING_FORMATS' decoders, which an open with `formats=` does not load by itself.
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401,E402
 
-from g4seg_core.errors import ImageError, UserError
+from g4seg_core.errors import ImageError, ImageTooLargeError, UserError
 
 # Decompression bombs: refuse images larger than this many pixels (a setting for callers).
 MAX_PIXELS = 64_000_000
+# The formats a browser displays, so the ones a labeling tool (Label Studio's image tag, CVAT) can
+# show an annotator; servers pass these to `decode_image` so Pillow never runs another decoder
+# (EPS would start Ghostscript). Cameras' multi-picture JPEGs (MPO) open through JPEG.
+LABELING_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Bytes of any PIL-readable image as RGB uint8 HxWx3."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] | None = None,
+                 orient: bool = False) -> np.ndarray:
+    """Bytes of an image as RGB uint8 HxWx3.
+
+    `formats` limits the decoders tried (None: any Pillow reads). `orient` applies the EXIF
+    orientation, as browsers do when they show the image. High bit depths are scaled to 8 bits
+    and transparency is composited over white (what a viewer shows), never clipped or dropped.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
             if img.width * img.height > max_pixels:
-                raise ImageError(f"image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
+                raise ImageTooLargeError(f"the image is {img.width}x{img.height}, over the limit of {max_pixels} pixels")
             img.load()
-            return np.asarray(img.convert("RGB"))
+            if orient:
+                img = ImageOps.exif_transpose(img)
+            return to_rgb8(img)
     except UnidentifiedImageError:
-        raise ImageError("cannot decode image: not a format Pillow can read") from None
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"cannot decode image: {exc}") from None
+        known = f"not one of the formats a labeling tool shows ({', '.join(formats)})" if formats \
+            else "not a format Pillow can read"
+        raise ImageError(f"cannot decode image: {known}") from None
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageTooLargeError(f"the image has {pixels.group(1) if pixels else 'too many'} pixels, over the "
+                                 f"limit of {max_pixels}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's plugins raise these for corrupt files
+        raise ImageError(f"cannot decode image: {' '.join(str(exc).split())[:200]}") from None
+
+
+def to_rgb8(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode as RGB uint8, by scaling (16-bit) and compositing over white (alpha)."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if mode != "F" else max(float(values.max(initial=0.0)), 1.0)
+        gray = np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -309,3 +309,60 @@ def prompt_constraints(prompt: Prompt, height: int, width: int, config: PriorCon
         force_bg |= neg
         force_fg &= ~neg
     return force_fg, force_bg
+
+
+def mask_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 4.0) -> list[list[tuple[float, float]]]:
+    """A mask as simple polygons, one per connected part, in pixel coordinates (the inverse of
+    `rasterize_polygon`: vertices on pixel centres, x + 0.5 and y + 0.5).
+
+    Outlines come from OpenCV's border following and are simplified by Douglas-Peucker
+    (`tolerance` pixels). Tools that take plain polygons (Label Studio's among them) have no holes,
+    so each hole is joined to its part's outline by a zero-width cut ("keyhole"): the polygon
+    runs out along the cut, round the hole the other way, and back; filled, it leaves the hole
+    empty. Parts under `min_area` pixels (specks) are dropped; a part nested in another's hole
+    is a part of its own.
+    """
+    binary = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
+    if binary.ndim != 2:
+        raise PromptError(f"mask must be 2-D (HxW), got shape {binary.shape}")
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+
+    def simplified(contour) -> np.ndarray:
+        approx = cv2.approxPolyDP(contour, tolerance, True) if tolerance > 0 else contour
+        return approx.reshape(-1, 2).astype(np.float64) + 0.5
+
+    out = []
+    for index, contour in enumerate(contours):
+        if hierarchy[index][3] != -1:  # a hole: handled with its part
+            continue
+        outline = simplified(contour)
+        if len(outline) < 3 or polygon_area(outline) < min_area:
+            continue
+        holes = []
+        child = hierarchy[index][2]
+        while child != -1:
+            hole = simplified(contours[child])
+            if len(hole) >= 3 and polygon_area(hole) >= min_area:
+                holes.append(hole)
+            child = hierarchy[child][0]
+        for hole in sorted(holes, key=lambda h: _gap(outline, h)[2]):
+            outline = _keyhole(outline, hole)
+        out.append([(float(x), float(y)) for x, y in outline])
+    return out
+
+
+def _gap(outline: np.ndarray, hole: np.ndarray) -> tuple[int, int, float]:
+    """The closest pair of vertices (index in outline, index in hole, distance)."""
+    distances = np.hypot(*(outline[:, None, :] - hole[None, :, :]).transpose(2, 0, 1))
+    i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
+    return int(i), int(j), float(distances[i, j])
+
+
+def _keyhole(outline: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`outline` with `hole` cut out through a zero-width slit between their closest vertices."""
+    i, j, _ = _gap(outline, hole)
+    around = np.concatenate([hole[j:], hole[: j + 1]])  # the hole from its joint back to its joint
+    return np.concatenate([outline[: i + 1], around, outline[i:]])

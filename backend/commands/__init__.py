@@ -1,1 +1,1 @@
-"""The backend's `g4seg` commands (registered in pyproject.toml): `serve` and `preannotate`."""
+"""The backend's `g4seg` commands (registered in pyproject.toml): `serve`, `preannotate`, `sweep`, `dead-letters`."""

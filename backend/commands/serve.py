@@ -3,6 +3,14 @@
 Settings come from the environment (docs/operators.md); the flags here override the few that
 are handy on a command line. Each gunicorn worker process loads the engine once, when it starts.
 One worker is the default: a worker holds a whole model, and its threads share it.
+
+The write-back queue's consumer runs inside the workers, not in the master: a job refines, so it
+needs a loaded model, which only the workers hold (and the master forks them, so it keeps no
+threads or connections). Every worker with a ready engine competes for the queue's lease; the one
+that holds it runs the jobs, one at a time, and when it dies (a crash, kill -9, a restart) the
+lease passes to another worker or to its replacement, which first puts back the job that was
+running. One consumer at a time plus a check of Label Studio before each write means that two
+workers and a restart never write one prediction twice (backend/jobs.py).
 """
 from __future__ import annotations
 
@@ -30,11 +38,15 @@ def add_arguments(parser) -> None:
 
 
 def gunicorn_options(settings: Settings) -> dict:
+    from backend.server import HeadFirstWorker
+
+    HeadFirstWorker.header_timeout = settings.header_timeout  # the workers fork with it
     return {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        # Threads let /health and immediate answers through while a refinement runs.
-        "worker_class": "gthread",
+        # gthread with request heads read in its event loop: threads let /health and immediate
+        # answers through while a refinement runs, and slow clients hold none (backend/server.py).
+        "worker_class": "backend.server.HeadFirstWorker",
         "threads": settings.threads,
         "timeout": settings.timeout,
         "graceful_timeout": 30,
@@ -42,20 +54,16 @@ def gunicorn_options(settings: Settings) -> dict:
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "preload_app": False,  # load the model in each worker, after the fork
-        "worker_exit": finish_writebacks,
+        "worker_exit": stop_consuming,
     }
 
 
-def finish_writebacks(server, worker) -> None:
-    """On shutdown, give queued write-backs a little time to land, and say if some did not."""
+def stop_consuming(server, worker) -> None:
+    """On shutdown, let the running write-back job finish (up to 20 s) and take no other: the queue keeps them."""
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("g4seg") if app is not None else None
-    if state is None:
-        return
-    if not state.writeback.wait_idle(20):
-        logging.getLogger(__name__).warning("shutting down with %d write-back(s) not done",
-                                            state.writeback.pending())
-    state.writeback.stop()
+    if state is not None:
+        state.writeback.stop(timeout=20)
 
 
 def run(args) -> int:
@@ -66,7 +74,13 @@ def run(args) -> int:
     )
     if settings.port < 1 or settings.workers < 1 or settings.threads < 2:
         raise UserError("--port and --workers must be positive and --threads at least 2")
+    if settings.can_write_back:  # a queue that cannot be opened or reached stops the start, in one line
+        from backend.jobs import open_queue
+
+        open_queue(settings).close()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":  # huey logs every job it runs; ours say what each one did
+        logging.getLogger("huey").setLevel(logging.WARNING)
     if not settings.auth_enabled:
         logging.getLogger(__name__).warning("BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: the backend accepts "
                                             "requests from anyone who can reach port %d", settings.port)

@@ -16,7 +16,7 @@ from g4seg_core.errors import UserError
 
 DESCRIPTION = "Training-free mask refinement with Stable Diffusion (G4Seg), for Label Studio and CVAT."
 # Order of the listing; commands not named here follow in name order.
-ORDER = ("refine", "segment", "bench", "serve", "preannotate", "sweep", "make-tiny-model")
+ORDER = ("refine", "segment", "bench", "serve", "preannotate", "sweep", "dead-letters", "make-tiny-model")
 
 
 def commands() -> dict:

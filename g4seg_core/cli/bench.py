@@ -10,7 +10,7 @@ from g4seg_core.errors import UserError
 
 HELP = "benchmark refiners (G4Seg and classic peers) on coarse masks made from a dataset's exact masks"
 
-BENCH_METHODS = ("identity", "auto", "g4seg", "g4seg-oracle", "classic", "densecrf", "grabcut", "pamr")
+BENCH_METHODS = ("identity", "auto", "g4seg", "g4seg-oracle", "classic", "colourcut", "grabcut", "densecrf", "pamr")
 DEFAULT_METHODS = "identity,auto,densecrf,grabcut,pamr"
 
 

@@ -10,7 +10,7 @@ from g4seg_core.errors import SettingError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
-ENGINE_CHOICES = ("g4seg", "classic", "auto", "identity", "densecrf", "grabcut", "pamr")
+ENGINE_CHOICES = ("g4seg", "classic", "auto", "identity", "colourcut", "grabcut", "densecrf", "pamr")
 
 
 @dataclass

@@ -81,6 +81,8 @@ class OracleRefiner(SignalRefiner):
 
 
 class _TruthSignal(Signal):
+    unit = 1.0  # the fraction of a cell mislabelled: an absolute scale
+
     def __init__(self, truth: torch.Tensor, side: int, cells_per_latent: float, noise: float | None, seed: int):
         self.truth = truth  # (B, S, S) fraction of each working pixel inside the object
         self.side = side

@@ -44,11 +44,12 @@ class RefinerConfig:
     early_stop: bool = True  # stop once nothing can change: the mask held and every target agrees with it
     threshold: float = 0.5
 
-    # Edge-aware final step: the probability brought to image resolution by a guided filter with
-    # the image as guide (window radius in discrepancy cells; eps in squared [0,1] colour units).
+    # Edge-aware final step: at image resolution, a graph cut with the refined probability as the
+    # prior, colour models of the region and contrast-sensitive edges (g4seg_core/colourcut.py),
+    # so boundaries follow the image's edges rather than the signal's cells.
     edge_aware: bool = True
-    edge_radius: float = 1.0
-    edge_eps: float = 1e-3
+    edge_smoothness: float = 10.0  # weight of the edge term (0: colour and probability alone)
+    edge_colour_weight: float = 1.0  # weight of the colour models against the refined probability
 
     # Region of interest
     roi: bool = True
@@ -78,8 +79,8 @@ class RefinerConfig:
             (self.roi_grid >= 1, f"roi_grid must be >= 1, got {self.roi_grid}"),
             (self.discrepancy_max_size >= 8, f"discrepancy_max_size must be >= 8, got {self.discrepancy_max_size}"),
             (self.prior_softness >= 0, f"prior_softness must be >= 0, got {self.prior_softness}"),
-            (self.edge_radius > 0, f"edge_radius must be > 0, got {self.edge_radius}"),
-            (self.edge_eps > 0, f"edge_eps must be > 0, got {self.edge_eps}"),
+            (self.edge_smoothness >= 0, f"edge_smoothness must be >= 0, got {self.edge_smoothness}"),
+            (self.edge_colour_weight >= 0, f"edge_colour_weight must be >= 0, got {self.edge_colour_weight}"),
             (self.working_size is None or self.working_size >= 64,
              f"working_size must be >= 64, got {self.working_size}"),
             ("{}" in self.prompt_template, "prompt_template must contain {} for the class name"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from g4seg_core.errors import SettingError, WeightsNotFoundError
+from g4seg_core.errors import SettingError, WeightsNotFoundError, one_line
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -139,18 +139,13 @@ def _locate(name: str, patterns: list[str], check, what: str, option: str) -> Pa
     except Exception as cached_error:  # not cached (or incomplete): try the hub if allowed
         if HF_HUB_OFFLINE:
             raise WeightsNotFoundError(_not_found(what, name, HF_HUB_CACHE, option,
-                                                  f"not in the cache ({_one_line(cached_error)}) and HF_HUB_OFFLINE=1")) from None
+                                                  f"not in the cache ({one_line(cached_error)}) and HF_HUB_OFFLINE=1")) from None
     try:
         folder = Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as exc:
-        raise WeightsNotFoundError(_not_found(what, name, HF_HUB_CACHE, option, f"download failed: {_one_line(exc)}")) from None
+        raise WeightsNotFoundError(_not_found(what, name, HF_HUB_CACHE, option, f"download failed: {one_line(exc)}")) from None
     check(folder)
     return folder
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _not_found(what: str, model: str, cache: str, option: str, why: str) -> str:

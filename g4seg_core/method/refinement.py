@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from g4seg_core.edges import guided_filter
+from g4seg_core.colourcut import colour_cut, signed_distance
 from g4seg_core.engines.base import Engine, RefineResult, apply_constraints, as_probability, check_image, resolve_overlaps
 from g4seg_core.method.config import RefinerConfig
 from g4seg_core.method.roi import Roi, crop, paste, roi_around, whole_image_roi
@@ -28,10 +28,17 @@ from g4seg_core.prompts import Prompt
 
 
 class Signal:
-    """The discrepancy of a batch of regions: `side` is its resolution (a side of cells)."""
+    """The discrepancy of a batch of regions: `side` is its resolution (a side of cells).
+
+    `unit` is the raw value that means "this cell surely changed" when the signal has one (the
+    oracle's: 1, a whole cell mislabelled); its values are then read on that absolute scale. A
+    signal without one (G4Seg's distances between generations) is scaled per region by the
+    robust percentile of its own values.
+    """
 
     side: int
     device: torch.device = torch.device("cpu")
+    unit: float | None = None
 
     def __call__(self, masks: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         """masks (B, S, S) bool at working size; which (B,) bool: the regions to evaluate.
@@ -54,10 +61,8 @@ def soft_prior(prior: np.ndarray, softness_px: float, threshold: float = 0.5) ->
     mask = prior > threshold
     if softness_px <= 0 or mask.all() or not mask.any():
         return prior.astype(np.float32)
-    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    signed = np.where(mask, inside - 0.5, 0.5 - outside)  # +-0.5 at the boundary pixels
-    soft = 1.0 / (1.0 + np.exp(-signed / softness_px))
+    signed = signed_distance(mask)  # +-0.5 at the boundary pixels
+    soft = 1.0 / (1.0 + np.exp(-np.clip(signed / softness_px, -50.0, 50.0)))
     hard = (prior == 0) | (prior == 1)
     return np.where(hard, soft, prior).astype(np.float32)
 
@@ -89,9 +94,15 @@ def confusion_area(prob: torch.Tensor, mask: torch.Tensor, delta: float, band_px
     return ((prob - 0.5).abs() < delta) | boundary_band(mask, band_px)
 
 
-def normalize_discrepancy(d: torch.Tensor, percentile: float) -> torch.Tensor:
-    """Raw discrepancies (B, S, S) to [0, 1], each region by a high percentile of its own values
-    (the method page's robust scale)."""
+def normalize_discrepancy(d: torch.Tensor, percentile: float, unit: float | None = None) -> torch.Tensor:
+    """Raw discrepancies (B, S, S) to [0, 1]: divided by the signal's `unit` when it has one, else
+    each region by a high percentile of its own values (the method page's robust scale).
+
+    A percentile cannot tell a region with nothing left to fix from one with much to fix: where
+    the mask is right, it would blow the leftover noise up to 1. So a signal that knows its unit
+    is read on that scale."""
+    if unit is not None:
+        return (d / unit).clamp(0.0, 1.0)
     flat = d.flatten(1).float()
     scale = torch.quantile(flat, percentile / 100.0, dim=1).clamp_min(1e-6)
     return (d / scale[:, None, None]).clamp(0.0, 1.0)
@@ -103,7 +114,9 @@ def run_loop(prob0: torch.Tensor, signal: Signal, config: RefinerConfig) -> Loop
     The signal depends only on the mask, so it is evaluated again only for regions whose mask
     changed; the update may go on without it. A region stops early once nothing can change any
     more: its mask held, and every pixel of its confusion area already lies on the side of the
-    threshold its target points to (the probability only moves toward the target).
+    threshold its target points to (the probability only moves toward the target). The updates it
+    skips are then known (the same target, as the mask and so the signal cannot change) and are
+    applied at once, so stopping early saves signal calls without changing the result.
     """
     cfg = config
     batch, size, _ = prob0.shape
@@ -115,7 +128,7 @@ def run_loop(prob0: torch.Tensor, signal: Signal, config: RefinerConfig) -> Loop
     stale = torch.ones(batch, dtype=torch.bool, device=prob.device)
     d = torch.zeros_like(prob)
     iterations = passes = 0
-    for _ in range(cfg.iterations):
+    for step in range(cfg.iterations):
         area = confusion_area(prob, mask, cfg.confusion_delta, band_px) & active[:, None, None]
         active &= area.flatten(1).any(1)
         if not active.any():
@@ -124,7 +137,7 @@ def run_loop(prob0: torch.Tensor, signal: Signal, config: RefinerConfig) -> Loop
         if need.any():
             fresh = signal(mask, need).to(prob.device, torch.float32)
             fresh = F.interpolate(fresh[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            fresh = normalize_discrepancy(fresh, cfg.robust_percentile)
+            fresh = normalize_discrepancy(fresh, cfg.robust_percentile, signal.unit)
             d[need] = fresh
             stale &= ~need
             passes += 1
@@ -137,7 +150,12 @@ def run_loop(prob0: torch.Tensor, signal: Signal, config: RefinerConfig) -> Loop
         stale |= changed
         if cfg.early_stop:
             pending = (((target > cfg.threshold) != new_mask) & area).flatten(1).any(1)
-            active &= changed | pending
+            stopped = active & ~(changed | pending)
+            if stopped.any():
+                left = cfg.beta ** (cfg.iterations - step - 1)  # what the skipped updates leave of P
+                done = area & stopped[:, None, None]
+                prob = torch.where(done, left * prob + (1.0 - left) * target, prob)
+            active &= ~stopped
         mask = new_mask
         iterations += 1
     return LoopOutcome(prob, touched, iterations, passes)
@@ -226,14 +244,35 @@ class SignalRefiner(Engine):
         height, width = item.prior.shape
         refined = paste(prob, roi, height, width)
         confusion = paste(touched.astype(np.float32), roi, height, width) > 0
-        ys = slice(max(0, roi.y0), min(height, roi.y0 + roi.side))
-        xs = slice(max(0, roi.x0), min(width, roi.x0 + roi.side))
-        if cfg.edge_aware and confusion.any():
-            radius = cfg.edge_radius * roi.side / side  # in image pixels: the signal's cells at image scale
-            # Fit the filter at about 4 pixels per window radius (the fast guided filter), so a
-            # large photo costs what a small one does; the edges still come from the full image.
-            refined[ys, xs] = np.clip(guided_filter(image[ys, xs], refined[ys, xs], radius, cfg.edge_eps,
-                                                    subsample=int(radius // 4)), 0.0, 1.0)
         probability = np.where(confusion, refined, item.prior).astype(np.float32)
+        if cfg.edge_aware and confusion.any():
+            ys = slice(max(0, roi.y0), min(height, roi.y0 + roi.side))
+            xs = slice(max(0, roi.x0), min(width, roi.x0 + roi.side))
+            snapped = snap_to_edges(image[ys, xs], probability[ys, xs], cfg, max_side=2 * self.working_size)
+            probability[ys, xs] = np.where(confusion[ys, xs], snapped, probability[ys, xs])
         return RefineTrace(probability, probability > cfg.threshold, confusion, outcome.iterations,
                            outcome.passes, roi)
+
+
+def snap_to_edges(image: np.ndarray, probability: np.ndarray, config: RefinerConfig, max_side: int) -> np.ndarray:
+    """The edge-aware final step: where the loop left a pixel uncertain (|P - 0.5| below
+    `confusion_delta`), a graph cut decides its side from the probability's log-odds, the region's
+    colour models and its contrast edges (`colourcut.colour_cut`); pixels the loop is sure about
+    hold. Each pixel keeps its probability, moved to the side of 0.5 the cut chose. Regions larger
+    than `max_side` are cut at that size and the decision brought back by interpolation."""
+    height, width = probability.shape
+    scale = min(1.0, max_side / max(height, width))
+    p = np.clip(probability, 1e-4, 1 - 1e-4)
+    img = image
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        p = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
+    logit = np.log(p / (1 - p))
+    sure = np.abs(p - 0.5) >= config.confusion_delta
+    logit[sure] = np.sign(logit[sure]) * 1e4  # held: no colour or edge outweighs it
+    cut, _ = colour_cut(img, logit, rounds=2, colour_weight=config.edge_colour_weight,
+                        smoothness=config.edge_smoothness)
+    if scale < 1.0:
+        cut = cv2.resize(cut.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+    return np.where(cut, np.maximum(probability, 0.51), np.minimum(probability, 0.49)).astype(np.float32)

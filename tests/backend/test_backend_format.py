@@ -49,8 +49,9 @@ def test_label_config_names_come_from_the_project():
 @pytest.mark.parametrize("xml, reason", [
     ("", "no label config"),
     ("<View><Image name='i' value='$i'/>", "cannot be parsed"),
-    ("<View><Image name='i' value='$i'/><PolygonLabels name='p' toName='i'><Label value='A'/></PolygonLabels></View>",
-     "no BrushLabels"),
+    ("<View><Image name='i' value='$i'/><RectangleLabels name='p' toName='i'><Label value='A'/></RectangleLabels></View>",
+     "no brush or polygon tag"),
+    ("<View><Image name='i' value='$i'/><Brush name='b' toName='i'/></View>", "no brush or polygon tag"),
 ])
 def test_label_config_without_a_brush_tag_is_refused_with_a_reason(xml, reason):
     with pytest.raises(FormatError, match=reason):

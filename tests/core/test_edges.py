@@ -39,3 +39,33 @@ def test_output_stays_a_probability():
     out = edge_aware_probability(image, truth.astype(np.float32), radius=3)
     assert out.dtype == np.float32 and out.shape == truth.shape
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_boundary_certainty_is_lower_for_a_genuinely_ambiguous_object():
+    """The score reviewers sort by: the same object, the same box, the classic engine; the fainter
+    and blurrier the object's edge, the lower the score, and the worse the mask."""
+    from g4seg_core.edges import boundary_certainty
+    from g4seg_core.engines.factory import create_engine
+    from g4seg_core.prompts import Prompt
+
+    engine = create_engine("classic").engine
+    height, width = 96, 128
+    truth = np.zeros((height, width), np.uint8)
+    cv2.ellipse(truth, (64, 48), (28, 20), 20, 0, 360, 1, -1)
+    noise = np.random.default_rng(0).normal(100, 6, (height, width, 3))
+    scores, ious = [], []
+    for contrast, blur in [(120, 0), (30, 2), (8, 6)]:
+        image = np.where(truth[..., None] > 0, noise + [contrast, -contrast / 2, -contrast / 2], noise)
+        if blur:
+            image = cv2.GaussianBlur(image, (0, 0), blur)
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        refined = engine.refine(image, Prompt(box=(30, 22, 100, 75)), "Cat")
+        scores.append(boundary_certainty(image, refined.probability, refined.mask))
+        ious.append((refined.mask & (truth > 0)).sum() / (refined.mask | (truth > 0)).sum())
+    assert scores[0] > 0.8 and scores[0] > scores[1] + 0.2 and scores[1] > scores[2]
+    assert ious[0] > 0.95 and ious[2] < 0.9
+    # A box's outline across uniform background: the image does not support it.
+    box = np.zeros((height, width), bool)
+    box[10:40, 5:40] = True
+    assert boundary_certainty(image, box.astype(np.float32), box) < 0.4
+    assert boundary_certainty(image, box.astype(np.float32), np.zeros_like(box)) == 0.0

@@ -1,7 +1,9 @@
 """Session fixtures for end-to-end tests against a real Label Studio 1.23.2 (see labelstudio.py).
 
 - `label_studio`: one Label Studio per session (~50 s to start), stopped at the end.
-- `label_config_xml`: the project's label_config.xml.
+- `label_config_xml`: a label config with one *Labels tag per tool (tests/e2e/rows_config.xml), the
+  style the API tests build their regions in; `shipped_config_xml`: the project's label_config.xml
+  (one Labels row shared by every tool), which the browser tests use.
 - `start_backend(env, auth=...)`: starts `g4seg serve` as a real process with LABEL_STUDIO_URL and
   LABEL_STUDIO_API_KEY pointing at `label_studio` (plus `env`); every backend is stopped at the end.
 - `test_images(count, seed)`: small synthetic images with their object masks.
@@ -27,6 +29,11 @@ def label_studio(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def label_config_xml() -> str:
+    return (Path(__file__).parent / "rows_config.xml").read_text()
+
+
+@pytest.fixture(scope="session")
+def shipped_config_xml() -> str:
     return (REPO_ROOT / "label_config.xml").read_text()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 LABEL_STUDIO_VERSION = "1.23.2"
+USERNAME, PASSWORD = "e2e@g4seg.test", "g4seg-e2e-password"  # the account Label Studio starts with
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -113,29 +114,31 @@ def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
 class LabelStudio:
     """A running Label Studio and the REST calls the tests make on it."""
 
-    def __init__(self, url: str, token: str, data_dir: Path, local_root: Path, process=None, log: Path | None = None):
+    def __init__(self, url: str, token: str, data_dir: Path, local_root: Path, process=None, log: Path | None = None,
+                 workdir: Path | None = None):
         self.url = url
         self.token = token
         self.data_dir = data_dir
         self.local_root = local_root
         self.process = process
         self.log = log
+        self.workdir = workdir
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Token {token}"
 
     @classmethod
-    def start(cls, workdir: Path, timeout: float = 240) -> "LabelStudio":
+    def start(cls, workdir: Path, timeout: float = 240, port: int | None = None, token: str | None = None) -> "LabelStudio":
         exe = ensure_label_studio()
         workdir.mkdir(parents=True, exist_ok=True)
         data_dir, local_root = workdir / "data", workdir / "files"
         data_dir.mkdir(exist_ok=True)
         local_root.mkdir(exist_ok=True)
-        port, token = free_port(), secrets.token_hex(20)
+        port, token = port or free_port(), token or secrets.token_hex(20)
         env = dict(
             os.environ,
             LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-            LABEL_STUDIO_USERNAME="e2e@g4seg.test",
-            LABEL_STUDIO_PASSWORD="g4seg-e2e-password",
+            LABEL_STUDIO_USERNAME=USERNAME,
+            LABEL_STUDIO_PASSWORD=PASSWORD,
             LABEL_STUDIO_USER_TOKEN=token,
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
@@ -153,12 +156,12 @@ class LabelStudio:
         log = workdir / "label-studio.log"
         process = subprocess.Popen(
             [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=workdir, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_for(f"{url}/health", timeout, process, log)
-            ls = cls(url, token, data_dir, local_root, process, log)
+            ls = cls(url, token, data_dir, local_root, process, log, workdir)
             wait_for_api = time.monotonic() + 60
             while ls.http.get(f"{url}/api/projects", timeout=10).status_code != 200:
                 if time.monotonic() > wait_for_api:
@@ -172,6 +175,11 @@ class LabelStudio:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+    def start_again(self, timeout: float = 240) -> None:
+        """After `stop`: the same Label Studio (data, port, token) back up, as after an outage."""
+        again = type(self).start(self.workdir, timeout, port=int(self.url.rsplit(":", 1)[1]), token=self.token)
+        self.process = again.process
 
     # ------------------------------------------------------------ REST
 
@@ -243,6 +251,11 @@ class LabelStudio:
     def webhooks(self, project: int) -> list[dict]:
         return self.call("GET", f"/api/webhooks/?project={project}")
 
+    def delete_webhooks(self, project: int) -> None:
+        """Stop the project's webhooks (saved annotations then reach no backend)."""
+        for hook in self.webhooks(project):
+            self.call("DELETE", f"/api/webhooks/{hook['id']}/", expect=(200, 204))
+
     def interactive(self, ml_backend: int, task: int, context_result: list[dict]) -> dict:
         """What the labeling screen sends for a smart tool; returns Label Studio's answer ({"data": ...})."""
         return self.call("POST", f"/api/ml/{ml_backend}/interactive-annotating",
@@ -278,22 +291,26 @@ class LabelStudio:
 class BackendProcess:
     """`g4seg serve` as a real server process on a free loopback port."""
 
-    def __init__(self, url: str, process: subprocess.Popen, log: Path, auth: tuple[str, str] | None):
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, auth: tuple[str, str] | None,
+                 workdir: Path | None = None, env: dict[str, str] | None = None):
         self.url, self.process, self.log, self.auth = url, process, log, auth
+        self.workdir, self.env = workdir, env
 
     @classmethod
     def start(cls, workdir: Path, env: dict[str, str], auth: tuple[str, str] | None = ("g4seg", "e2e-secret"),
-              timeout: float = 180) -> "BackendProcess":
+              timeout: float = 180, port: int | None = None) -> "BackendProcess":
         workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("G4SEG_", "LABEL_STUDIO_", "BASIC_AUTH"))}
         full_env.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", G4SEG_THREADS="4", **env)
+        if "G4SEG_QUEUE_URL" not in env:  # each server its own job queue, never the user's
+            full_env.setdefault("G4SEG_DATA_DIR", str(workdir / f"queue-{port}"))
         if auth:
             full_env.update(BASIC_AUTH_USER=auth[0], BASIC_AUTH_PASS=auth[1])
         log = workdir / f"backend-{port}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "g4seg_core.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO_ROOT, env=full_env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -301,10 +318,36 @@ class BackendProcess:
         except BaseException:
             stop_process(process)
             raise
-        return cls(url, process, log, auth)
+        return cls(url, process, log, auth, workdir, env)
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+        """Signal the whole server (gunicorn's master and its workers) and wait for it to end."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig) if sig == signal.SIGKILL else os.kill(self.process.pid, sig)
+        self.process.wait(timeout)
+        if sig == signal.SIGKILL:
+            return
+        with contextlib.suppress(ProcessLookupError):  # a worker that outlived its master
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def start_again(self, timeout: float = 180) -> "BackendProcess":
+        """The same server (port, settings, queue) started anew."""
+        again = type(self).start(self.workdir, self.env, self.auth, timeout, port=int(self.url.rsplit(":", 1)[1]))
+        self.process = again.process
+        return self
 
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, auth=self.auth, timeout=30)
+
+    def metric(self, name: str, **labels) -> float:
+        """One sample of the backend's /metrics (Prometheus' text format); 0 when absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def post(self, path: str, body) -> requests.Response:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)

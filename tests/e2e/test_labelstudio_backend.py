@@ -1,7 +1,8 @@
 """End to end: a real Label Studio 1.23.2 and the backend as a real `g4seg serve` process.
 
 For each engine (the classic one, and G4Seg with the tiny random-weight model): a project from
-label_config.xml, images imported, the backend registered with basic auth; then every way a rough
+tests/e2e/rows_config.xml (one *Labels tag per tool; the browser tests cover the shipped
+label_config.xml), images imported, the backend registered with basic auth; then every way a rough
 shape reaches the backend must come back as a brush mask at the image's size that overlaps the
 rough shape, and predictions must land on the tasks.
 """
@@ -137,12 +138,12 @@ def test_saving_an_annotation_writes_a_prediction_back_once(setup):
     assert prediction["model_version"] == setup.version
     assert (single_brush(prediction["result"]) & polygon_mask(box)).any()
 
-    # The same annotation again (saved unchanged): no second prediction.
-    before = setup.backend.get("/metrics").json()["counters"].get("writeback_duplicates", 0)
+    # The same annotation again (saved unchanged): its job finds the prediction there, and writes nothing.
+    before = setup.backend.metric("g4seg_writebacks_total", outcome="exists")
     setup.ls.update_annotation(annotation["id"], [polygon_region(box)])
     deadline = time.monotonic() + 30
-    while setup.backend.get("/metrics").json()["counters"].get("writeback_duplicates", 0) == before:
-        assert time.monotonic() < deadline, "the second webhook never arrived"
+    while setup.backend.metric("g4seg_writebacks_total", outcome="exists") == before:
+        assert time.monotonic() < deadline, "the second webhook's job never ran"
         time.sleep(0.3)
     assert len(setup.ls.predictions(task)) == 1
 

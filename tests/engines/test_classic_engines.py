@@ -6,6 +6,7 @@ from g4seg_core.engines.base import Engine
 from g4seg_core.engines.classic import (
     CLASSIC_ENGINE,
     PEERS,
+    ColourCutEngine,
     DenseCRFEngine,
     GrabCutEngine,
     PAMREngine,
@@ -14,7 +15,7 @@ from g4seg_core.engines.factory import create_engine
 from g4seg_core.evaluation import coarse, metrics
 from g4seg_core.prompts import Prompt
 
-IMAGE_READERS = ("densecrf", "grabcut", "pamr")
+IMAGE_READERS = ("colourcut", "densecrf", "grabcut", "pamr")
 
 
 def disc_scene(height=120, width=160, radius=30, centre=(60, 80), seed=0):
@@ -28,7 +29,7 @@ def disc_scene(height=120, width=160, radius=30, centre=(60, 80), seed=0):
 
 
 def test_peers_table_and_classic_choice():
-    assert set(PEERS) == {"identity", "densecrf", "grabcut", "pamr"}
+    assert set(PEERS) == {"identity", "colourcut", "densecrf", "grabcut", "pamr"}
     for key, cls in PEERS.items():
         engine = cls()
         assert isinstance(engine, Engine)
@@ -43,6 +44,7 @@ def test_version_names_the_settings():
     assert "iterations=2" in DenseCRFEngine(iterations=2).version
     assert "core=0.3" in GrabCutEngine(core=0.3).version
     assert "temperature=0.2" in PAMREngine(temperature=0.2).version
+    assert "smoothness=5.0" in ColourCutEngine(smoothness=5.0).version
 
 
 def test_identity_returns_the_coarse_mask():
@@ -65,7 +67,7 @@ def test_peer_snaps_a_coarse_mask_to_the_object(name, kind):
     assert after > before and after > 0.9, (name, kind, before, after)
 
 
-@pytest.mark.parametrize("name", ["densecrf", "grabcut"])
+@pytest.mark.parametrize("name", ["colourcut", "densecrf", "grabcut"])
 def test_peer_finds_the_object_in_its_box(name):
     image, mask = disc_scene()
     prompt = coarse.make_prompt(coarse.parse_coarse("box")[0], mask, np.random.default_rng(0))
@@ -101,3 +103,23 @@ def test_peer_accepts_a_prior_covering_the_whole_image(name):
     image, _ = disc_scene(height=40, width=40, radius=10, centre=(20, 20))
     result = create_engine(name).engine.refine(image, Prompt(mask=np.ones((40, 40), bool)), "disc")
     assert result.probability.shape == (40, 40)
+
+
+def test_colourcut_falls_back_to_the_outline_where_colours_cannot_tell():
+    # The object has the background's colour: nothing in the image says where it ends, so the
+    # annotator's outline must come back (an engine that shrinks or wanders would go below identity).
+    rng = np.random.default_rng(3)
+    image = np.clip(np.array([60, 110, 190]) + rng.normal(0, 10, (90, 120, 3)), 0, 255).astype(np.uint8)
+    outline = np.zeros((90, 120), bool)
+    outline[25:65, 30:90] = True
+    result = create_engine("colourcut").engine.refine(image, Prompt(mask=outline), "thing")
+    assert metrics.iou(result.mask, outline) >= 0.95
+
+
+@pytest.mark.parametrize("name", IMAGE_READERS)
+def test_peer_accepts_a_read_only_photo(name):
+    # np.asarray of a decoded photo is read-only; the dense CRF's Cython code refused it.
+    image, mask = disc_scene(height=60, width=80, radius=15, centre=(30, 40))
+    image.setflags(write=False)
+    result = create_engine(name).engine.refine(image, Prompt(mask=coarse.dilate(mask, 25)), "disc")
+    assert result.mask.shape == mask.shape
