@@ -21,4 +21,21 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "tests/run.sh: /usr/bin/chromium is missing; install Debian's chromium (apt-get install chromium)" >&2
   fi
 fi
-exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"
+pytest=(.venv/bin/python -m pytest -q -ra)
+if [ $# -gt 0 ]; then
+  exec "${pytest[@]}" --durations=15 "$@"
+fi
+# The whole suite. The outage test spends 3 minutes waiting for a Label Studio it stopped; it runs
+# beside the rest (its own Label Studio, Redis, ports and temporary folder), so that wait costs no
+# wall time. Both runs must pass; the outage run's report follows the main one.
+outage=tests/e2e/test_writeback_outage.py
+outage_log=$(mktemp)
+"${pytest[@]}" -p no:cacheprovider --basetemp "$(mktemp -d)" "$outage" >"$outage_log" 2>&1 &
+outage_pid=$!
+trap 'kill "$outage_pid" 2>/dev/null' INT TERM
+status=0
+"${pytest[@]}" --durations=15 --ignore "$outage" || status=$?
+wait "$outage_pid" || status=$?
+echo "---- $outage (run beside the rest)"
+cat "$outage_log"
+exit "$status"

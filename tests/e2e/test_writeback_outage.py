@@ -7,9 +7,9 @@ holds each queue's lease meanwhile, so none is written early); others arrive dur
 Label Studio replica. The servers keep retrying with backoff (capped at 10 s here) and write
 every prediction, once, after Label Studio is back.
 
-The outage takes 3 minutes of wall time on purpose; this module runs nothing else, so a parallel
-run (pytest-xdist) can overlap it with the rest of the suite. It stops and restarts the session's
-Label Studio (same data, port and token).
+The outage takes 3 minutes of wall time on purpose; this module runs nothing else, and
+tests/run.sh runs it in a pytest of its own beside the rest of the suite, so the wait costs no wall
+time. It stops and restarts that session's Label Studio (same data, port and token).
 """
 from __future__ import annotations
 
