@@ -11,6 +11,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 from prometheus_sample import metric
+from test_backend_app import H, W, iou, square_mask
 
 from backend.app import create_app
 from backend.ls_format import (
@@ -26,7 +27,6 @@ from backend.settings import Settings
 from g4seg_core.engines.factory import create_engine
 from g4seg_core.prompts import mask_polygons, rasterize_polygon
 
-H, W = 96, 128
 LABELS = '<Label value="Cat"/><Label value="Dog"/>'
 # The shipped style: one row of labels shared by every tool.
 SHARED = f"""<View>
@@ -51,14 +51,6 @@ def rle(mask):
     return mask2rle(np.where(mask, 255, 0).astype(np.uint8))
 
 
-def square_mask():
-    mask = np.zeros((H, W), bool)
-    mask[24:48, 32:64] = True
-    return mask
-
-
-def iou(a, b):
-    return (a & b).sum() / max(1, (a | b).sum())
 
 
 def shared_items(kind, value, label="Cat", region_id="Ru1LCWCZBH", **extra):

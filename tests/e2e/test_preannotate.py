@@ -117,6 +117,16 @@ def each_task_once(label_studio, tasks, broken) -> str:
     return version
 
 
+def assert_a_second_run_uploads_nothing(label_studio, tiny_model_dir, project, tasks, broken, version, capsys):
+    """A run over a project already done (in-process, whoever did it): every task skipped but the
+    broken one, which fails again, and each task still holds its one prediction."""
+    rc = run_preannotate(label_studio, tiny_model_dir, project)
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert summary_counts(out) == {"done": 0, "skipped": 11, "failed": 1, "left": 0}
+    assert each_task_once(label_studio, tasks, broken) == version
+
+
 @pytest.mark.e2e
 def test_in_process_uploads_eleven_reports_the_broken_one_and_a_second_run_uploads_nothing(
         label_studio, new_project, tiny_model_dir, capsys):
@@ -133,11 +143,7 @@ def test_in_process_uploads_eleven_reports_the_broken_one_and_a_second_run_uploa
     assert regions > 0
 
     # A second run finds everything done but the broken task, which fails again.
-    rc = run_preannotate(label_studio, tiny_model_dir, project)
-    out = capsys.readouterr().out
-    assert rc == 1
-    assert summary_counts(out) == {"done": 0, "skipped": 11, "failed": 1, "left": 0}
-    assert each_task_once(label_studio, tasks, broken) == version
+    assert_a_second_run_uploads_nothing(label_studio, tiny_model_dir, project, tasks, broken, version, capsys)
 
 
 @pytest.mark.e2e
@@ -157,11 +163,7 @@ def test_on_ray_two_actors_one_killed_mid_run_upload_eleven_once_and_a_second_ru
     version = each_task_once(label_studio, tasks, broken)
 
     # Ray's actors and this process make the same model version, so either resumes the other.
-    rc = run_preannotate(label_studio, tiny_model_dir, project)
-    out = capsys.readouterr().out
-    assert rc == 1
-    assert summary_counts(out) == {"done": 0, "skipped": 11, "failed": 1, "left": 0}
-    assert each_task_once(label_studio, tasks, broken) == version
+    assert_a_second_run_uploads_nothing(label_studio, tiny_model_dir, project, tasks, broken, version, capsys)
 
 
 @pytest.mark.e2e
