@@ -357,17 +357,23 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def _passes(n: int) -> str:
+    return f"{n} pass" if n == 1 else f"{n} passes"
+
+
 def click_costs(rows: list[dict], budget_s: float = 5.0) -> list[str]:
     """What one click (a warm refine in the default space) costs per dtype, and where it fits the budget."""
     out = []
     for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows if "default" in r["parts"]):
         mine = sorted((r for r in rows if (r["device"], r["dtype"]) == (device, dtype) and "default" in r["parts"]),
                       key=lambda r: r["working_size"])
-        costs = ", ".join(f"{r['parts']['default']['warm_s']:.1f} s at {r['working_size']}" for r in mine)
+        costs = ", ".join(f"{r['parts']['default']['warm_s']:.1f} s at {r['working_size']} "
+                          f"({_passes(r['parts']['default']['passes'])})" for r in mine)
         fits = [r["working_size"] for r in mine if r["parts"]["default"]["warm_s"] <= budget_s]
         verdict = (f"at most {budget_s:.0f} s at working size {max(fits)} and below (of the sizes measured)" if fits
                    else f"over {budget_s:.0f} s at every size measured")
-        out.append(f"- {device} {dtype}: a click (warm refine, default space, 3 passes) costs {costs}; {verdict}.")
+        out.append(f"- {device} {dtype}: a click (warm refine, default space, up to 3 passes: a pass runs only "
+                   f"when the mask changed) costs {costs}; {verdict}.")
     return out
 
 
