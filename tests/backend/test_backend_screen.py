@@ -11,7 +11,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 from prometheus_sample import metric
-from test_backend_app import H, W, iou, square_mask
+from test_backend_app import SQUARE, H, W, iou, square_mask
 
 from backend.app import create_app
 from backend.ls_format import (
@@ -44,7 +44,6 @@ ROWS = f"""<View>
   <PolygonLabels name="outline" toName="photo">{LABELS}</PolygonLabels>
   <RectangleLabels name="box" toName="photo" smart="true">{LABELS}</RectangleLabels>
 </View>"""
-SQUARE = [[25, 25], [50, 25], [50, 50], [25, 50]]  # percent: pixels x 32..64, y 24..48
 
 
 def rle(mask):
