@@ -1,9 +1,10 @@
-"""Edge-aware filtering of probability maps, with the image as guide: boundaries follow image edges.
+"""Edge-aware filtering of probability maps, with the image as guide, and the score it gives a
+mask's outline (`boundary_certainty`, what reviewers sort by).
 
 The guided filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013) fits, in every window,
 the probability as a linear function of the image's colour; where the image has an edge, the
 probability gets one too, and flat regions are smoothed. It is linear in the number of pixels
-(box filters only) and is the usual edge-aware step after upsampling a coarse map.
+(box filters only).
 
 OpenCV ships it in contrib (`cv2.ximgproc.guidedFilter`), but label-studio-sdk pins the plain
 `opencv-python-headless`, and the two wheels cannot be installed side by side (both own `cv2`);
@@ -19,32 +20,21 @@ def _mean(x: np.ndarray, radius: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: float, eps: float, subsample: int = 1) -> np.ndarray:
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: float, eps: float) -> np.ndarray:
     """`src` (HxW) filtered with the colour image `guide` (HxWx3, uint8 or float in [0, 1]).
 
     `radius` is the window half-size in pixels; `eps` the regulariser (in squared guide units,
-    guide in [0, 1]): smaller follows weaker edges. `subsample` > 1 is the fast guided filter
-    (He & Sun 2015): the linear coefficients are fitted on images that much smaller and applied
-    to the full-resolution guide, so large windows on large photos stay cheap and the edges stay
-    those of the full image. Returns float32 HxW.
+    guide in [0, 1]): smaller follows weaker edges. Returns float32 HxW.
     """
     if guide.shape[:2] != src.shape[:2]:
         raise ValueError(f"guide {guide.shape[:2]} and src {src.shape[:2]} differ in size")
-    full = guide.astype(np.float32)
+    I = guide.astype(np.float32)
     if guide.dtype == np.uint8:
-        full /= 255.0
-    if full.ndim == 2:
-        full = full[..., None]
+        I /= 255.0
+    if I.ndim == 2:
+        I = I[..., None]
     p = src.astype(np.float32)
-    height, width = p.shape
-    subsample = max(1, int(subsample))
-    if subsample > 1:
-        small = (max(1, round(width / subsample)), max(1, round(height / subsample)))
-        I = cv2.resize(full, small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], -1)
-        p = cv2.resize(p, small, interpolation=cv2.INTER_AREA)
-    else:
-        I = full
-    radius = max(1, int(round(radius / subsample)))
+    radius = max(1, int(round(radius)))
     mean_I = _mean(I, radius).reshape(I.shape)
     mean_p = _mean(p, radius)
     channels = I.shape[2]
@@ -60,23 +50,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: float, eps: float,
     b_coef = mean_p - (a_coef * mean_I).sum(axis=-1)
     mean_a = _mean(a_coef, radius).reshape(a_coef.shape)
     mean_b = _mean(b_coef, radius)
-    if subsample > 1:
-        mean_a = cv2.resize(mean_a, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-        mean_b = cv2.resize(mean_b, (width, height), interpolation=cv2.INTER_LINEAR)
-    return ((mean_a * full).sum(axis=-1) + mean_b).astype(np.float32)
-
-
-def edge_aware_probability(image: np.ndarray, probability: np.ndarray, radius: int, eps: float = 1e-3) -> np.ndarray:
-    """A probability map (any size) brought to the image's size, its boundaries snapped to image edges.
-
-    A smaller map is first upsampled bilinearly; the guided filter then replaces the blur of the
-    upsampling by the image's own edges. The result is clipped to [0, 1].
-    """
-    height, width = image.shape[:2]
-    prob = probability.astype(np.float32)
-    if prob.shape != (height, width):
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(guided_filter(image, prob, radius, eps), 0.0, 1.0)
+    return ((mean_a * I).sum(axis=-1) + mean_b).astype(np.float32)
 
 
 def boundary_certainty(image: np.ndarray, probability: np.ndarray, mask: np.ndarray) -> float:
