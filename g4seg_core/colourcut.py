@@ -112,13 +112,11 @@ def contrast_weights(image: np.ndarray) -> list[np.ndarray]:
     height, width = f.shape[:2]
     diffs = []
     for dy, dx in _OFFSETS:
+        p, q = _neighbours(dy, dx, height, width)
         d = np.zeros((height, width), np.float32)
-        ys = slice(0, height - dy)
-        xs_p = slice(max(0, -dx), width - max(0, dx))
-        xs_q = slice(max(0, dx), width - max(0, -dx)) if dx >= 0 else slice(0, width + dx)
-        d[ys, xs_p] = ((f[ys, xs_p] - f[dy:, xs_q]) ** 2).sum(-1)
+        d[p] = ((f[p] - f[q]) ** 2).sum(-1)
         valid = np.zeros((height, width), bool)
-        valid[ys, xs_p] = True
+        valid[p] = True
         diffs.append((d, valid))
     mean = sum(float(d[v].sum()) for d, v in diffs) / max(1, sum(int(v.sum()) for _, v in diffs))
     beta = 1.0 / (2.0 * max(mean, 1e-6))
@@ -130,12 +128,18 @@ def contrast_weights(image: np.ndarray) -> list[np.ndarray]:
 
 def _crosses(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """For each pixel p, whether the grid edge from p to p + (dy, dx) crosses the mask's boundary."""
-    height, width = mask.shape
-    out = np.zeros((height, width), bool)
-    xs_p = slice(max(0, -dx), width - max(0, dx))
-    xs_q = slice(max(0, dx), width - max(0, -dx)) if dx >= 0 else slice(0, width + dx)
-    out[: height - dy, xs_p] = mask[: height - dy, xs_p] != mask[dy:, xs_q]
+    p, q = _neighbours(dy, dx, *mask.shape)
+    out = np.zeros(mask.shape, bool)
+    out[p] = mask[p] != mask[q]
     return out
+
+
+def _neighbours(dy: int, dx: int, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Index of the pixels p whose neighbour q = p + (dy, dx) lies in the image (dy >= 0), and of
+    those neighbours: arrays indexed by them line up pixel by pixel."""
+    p = (slice(0, height - dy), slice(max(0, -dx), width - max(0, dx)))
+    q = (slice(dy, height), slice(max(0, dx), width - max(0, -dx)))
+    return p, q
 
 
 def graph_cut(unary: np.ndarray, pairwise: list[np.ndarray], smoothness: float) -> np.ndarray:
