@@ -5,7 +5,7 @@ Weizmann Horse photos, one coarse kind per `g4seg bench` run, then merged.
     python benchmarks/weizmann_table.py --split test --kinds box     # one kind (a chunk of a few minutes)
     python benchmarks/weizmann_table.py --split test --merge-only    # the table from the chunks run so far
     python benchmarks/weizmann_table.py --speed                      # seconds per 512-pixel photo
-    python benchmarks/weizmann_table.py --ceiling                    # where the oracle ceiling caps (dev)
+    python benchmarks/weizmann_table.py --ceiling                    # where the oracle ceiling caps
     python benchmarks/weizmann_table.py --combine                    # all 328 photos, from dev + test
 
 Each kind runs as its own `g4seg bench --data weizmann:DIR:SPLIT --coarse KIND` into
@@ -16,8 +16,9 @@ docs/benchmarks.md is replaced. Tune on `dev`, report `test` (the split is fixed
 loader: every fourth photo is dev).
 
 `--ceiling` runs the oracle on the dev photos' polygons with the signal exact, blurred by one
-latent cell, and blurred plus noise, with and without the edge-aware final step, and replaces
-the `weizmann-ceiling` block: what caps the machinery.
+latent cell, and blurred plus noise, with and without the edge-aware final step, then on all
+328 photos' polygons with the noise and a blur of 0, 1/4, 1/2 and 1 latent cell (how sharp a
+signal the machinery needs), and replaces the `weizmann-ceiling` block: what caps the machinery.
 
 `--combine` writes the table of all 328 photos from the dev and test runs (object means weighted
 by their counts; mIoU needs the confusion matrices, so it is left out) into the `weizmann-all`
@@ -50,12 +51,11 @@ ORACLES = ("g4seg-oracle",)
 
 
 def _machine() -> str:
-    """`machine()` with the CPU's model and the memory, read from /proc where there is one."""
+    """`machine()` (which names the CPU) with the memory, read from /proc where there is one."""
     text = machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-        text += f" ({cpu}, {kib / 2**20:.0f} GiB)"
+        text += f", {kib / 2**20:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
     return text
@@ -144,6 +144,8 @@ def docs_block(rows: list[dict], split: str, kinds: list[str], methods: str, met
 
 
 CEILING_METHODS = "identity,g4seg-oracle,g4seg-oracle:0,g4seg-oracle:0.1"
+# The same noise, the blur in latent cells from none to the default one.
+SHARPNESS_METHODS = "g4seg-oracle:0.1:0,g4seg-oracle:0.1:0.25,g4seg-oracle:0.1:0.5,g4seg-oracle:0.1"
 
 
 def ceiling(out: Path) -> str:
@@ -151,20 +153,26 @@ def ceiling(out: Path) -> str:
     from g4seg_core.evaluation.bench import results_table
 
     parts = []
-    for name, extra in (("edge-aware", []), ("no-edge-step", ["--setting", "edge_aware=false"])):
-        argv = ["bench", "--data", f"weizmann:{DATA_DIR}:dev", "--coarse", "polygon:8,polygon:16", "--methods",
-                CEILING_METHODS, *extra, "--examples", "0", "--no-progress", "--out", str(out / name)]
+    runs = (
+        ("edge-aware", "dev", CEILING_METHODS, [], "Final step on"),
+        ("no-edge-step", "dev", CEILING_METHODS, ["--setting", "edge_aware=false"],
+         "Final step off (`--setting edge_aware=false`)"),
+        ("sharpness", "all", SHARPNESS_METHODS, [],
+         "How sharp the signal must be (all 328 photos; noise 0.1, blur 0, 1/4, 1/2 and 1 latent cell)"),
+    )
+    for name, split, methods, extra, title in runs:
+        argv = ["bench", "--data", f"weizmann:{DATA_DIR}:{split}", "--coarse", "polygon:8,polygon:16", "--methods",
+                methods, *extra, "--examples", "0", "--no-progress", "--out", str(out / name)]
         status = g4seg(argv)
         if status:
             raise SystemExit(status)
         rows = json.loads((out / name / "results.json").read_text())
         shown = " ".join(argv).replace(str(DATA_DIR), "DIR").replace(str(out / name), "OUT")
-        parts += [f"Final step {'on' if not extra else 'off (`--setting edge_aware=false`)'}: `g4seg {shown}`", "",
-                  results_table(rows), ""]
+        parts += [f"{title}: `g4seg {shown}`", "", results_table(rows), ""]
     return "\n".join([
         f"Measured {datetime.date.today().isoformat()} on {_machine()}, by `python benchmarks/weizmann_table.py "
-        "--ceiling` (dev photos, polygons): `g4seg-oracle` exact, `:0` blurred by one latent cell, `:0.1` "
-        "blurred and noised.", ""] + parts).strip()
+        "--ceiling` (polygons): `g4seg-oracle` exact, `:0` blurred by one latent cell, `:0.1` "
+        "blurred and noised, `:0.1:BLUR` noised and blurred by BLUR latent cells.", ""] + parts).strip()
 
 
 def combine(parts: list[Path]) -> list[dict]:
@@ -228,7 +236,7 @@ def main() -> int:
     parser.add_argument("--partial", action="store_true", help="merge the kinds run so far, say which are missing")
     parser.add_argument("--speed", action="store_true", help="only the 512-pixel timing")
     parser.add_argument("--speed-photos", type=int, default=12)
-    parser.add_argument("--ceiling", action="store_true", help="only the oracle's caps on the dev polygons")
+    parser.add_argument("--ceiling", action="store_true", help="only the oracle's caps on the polygons")
     parser.add_argument("--combine", action="store_true", help="all photos: the dev and test runs combined")
     parser.add_argument("--out", default=None, help="default benchmarks/results/weizmann-SPLIT")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")

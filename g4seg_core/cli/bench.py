@@ -27,8 +27,9 @@ def add_arguments(parser) -> None:
              f"(default {DEFAULT_COARSE})")
     parser.add_argument("--methods", default=DEFAULT_METHODS, metavar="NAMES",
                         help=f"comma-separated, from {', '.join(BENCH_METHODS)}; auto is G4Seg when its weights are "
-                             "found, else the classic engine (said loudly); g4seg-oracle[:NOISE] is a ceiling, not a "
-                             "method: the refiner's machinery fed the ground truth, blurred and noised with NOISE "
+                             "found, else the classic engine (said loudly); g4seg-oracle[:NOISE[:BLUR]] is a ceiling, not a "
+                             "method: the refiner's machinery fed the ground truth, blurred by BLUR latent cells "
+                             "(default 1) and noised with NOISE "
                              f"(default {DEFAULT_METHODS})")
     parser.add_argument("--model", default=None,
                         help="G4Seg weights: a hub id or a local folder (default: $G4SEG_MODEL, else the hub id)")
@@ -50,7 +51,7 @@ def _methods(text: str) -> list[str]:
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     if not names:
         raise UserError("no method given (e.g. --methods identity,densecrf)")
-    # g4seg-oracle[:NOISE]: the refiner's machinery with a discrepancy taken from the ground truth.
+    # g4seg-oracle[:NOISE[:BLUR]]: the refiner's machinery with a discrepancy taken from the ground truth.
     unknown = [m for m in names if m.split(":")[0] not in BENCH_METHODS]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r} (choose from {', '.join(BENCH_METHODS)})")

@@ -7,7 +7,7 @@ an early stop that ends a run that could still change.
 import numpy as np
 import pytest
 
-from g4seg_core.evaluation.coarse import dilate, erode
+from g4seg_core.evaluation.coarse import dilate, erode, polygon_outlines
 from g4seg_core.evaluation.data import open_dataset
 from g4seg_core.evaluation.metrics import boundary_iou, iou
 from g4seg_core.evaluation.oracle import OracleRefiner, parse_oracle
@@ -70,6 +70,22 @@ def test_the_oracle_needs_the_truth_and_says_what_it_is(photos):
     assert oracle.noise == 0.1 and "not a method" in oracle.version
     with pytest.raises(TypeError, match="needs the ground truth"):
         oracle.refine(photos[0].image, Prompt(mask=photos[0].objects[0].mask), "horse")
-    for bad in ("g4seg-oracle:lots", "g4seg-oracle:2"):
+    for bad in ("g4seg-oracle:lots", "g4seg-oracle:2", "g4seg-oracle:0.1:wide", "g4seg-oracle:0.1:-1",
+                "g4seg-oracle:0.1:1:2"):
         with pytest.raises(SettingError):
             parse_oracle(bad)
+    sharp = parse_oracle("g4seg-oracle:0.1:0.25")
+    assert (sharp.noise, sharp.blur, sharp.name) == (0.1, 0.25, "g4seg-oracle:0.1:0.25")
+    assert parse_oracle("g4seg-oracle:0.1:1").name == "g4seg-oracle:0.1"  # one latent cell: the default
+
+
+def test_a_sharper_signal_gives_sharper_boundaries(photos):
+    """BLUR is the signal's blur in latent cells: the machinery's boundaries follow it."""
+    scores = {}
+    for blur in (0.0, 2.0):
+        oracle = parse_oracle(f"g4seg-oracle:0.1:{blur:g}")
+        scores[blur] = np.mean([
+            boundary_iou(oracle.refine_with_truth(s.image, Prompt(polygons=polygon_outlines(s.objects[0].mask, 8)),
+                                                  "horse", s.objects[0].mask).mask, s.objects[0].mask)
+            for s in photos])
+    assert scores[0.0] >= scores[2.0] + 0.05, scores
