@@ -77,9 +77,11 @@ def _quadratic_features(colours: np.ndarray) -> np.ndarray:
 
 
 def _log_density(features: np.ndarray, model: np.ndarray) -> np.ndarray:
-    per = features @ model  # N x k: each Gaussian's weighted log density
-    top = per.max(1, keepdims=True)
-    return top[:, 0] + np.log(np.exp((per - top).astype(np.float32)).sum(1))
+    # k x N (each Gaussian's weighted log density in a row): the log-sum-exp over the k rows is
+    # then element-wise across long rows, several times faster than reducing N short ones.
+    per = model.T @ features.T
+    top = per.max(0)
+    return top + np.log(np.exp((per - top).astype(np.float32)).sum(0))
 
 
 def colour_log_ratio(image: np.ndarray, foreground: np.ndarray, components: int = 5, cap: float = 4.0,
@@ -142,19 +144,44 @@ def _neighbours(dy: int, dx: int, height: int, width: int) -> tuple[tuple[slice,
     return p, q
 
 
+class GridCut:
+    """Graph cuts on the 8-connected pixel grid whose pairwise weights stay while the unary
+    changes (the colour rounds of `colour_cut`, the cuts of one outline).
+
+    The graph is built once; each later cut adds only the change of the unary to the terminal
+    edges and lets PyMaxflow reuse its search trees (Kohli & Torr, "Efficiently Solving Dynamic
+    Markov Random Fields Using Graph Cuts", ICCV 2005). The labelling is the same minimum as a
+    fresh cut's, found in a fraction of the time when the unary changed little."""
+
+    def __init__(self, pairwise: list[np.ndarray], smoothness: float):
+        self.graph = maxflow.Graph[float]()
+        self.nodes = self.graph.add_grid_nodes(pairwise[0].shape)
+        for weights, (dy, dx) in zip(pairwise, _OFFSETS):
+            structure = np.zeros((3, 3))
+            structure[1 + dy, 1 + dx] = 1
+            self.graph.add_grid_edges(self.nodes, weights=smoothness * weights, structure=structure, symmetric=True)
+        self.unary: np.ndarray | None = None
+
+    def __call__(self, unary: np.ndarray) -> np.ndarray:
+        """The labelling minimising sum_p [x_p != (unary_p > 0)] |unary_p| + the cut pairwise
+        weights. HxW bool (True: the object)."""
+        u = unary.astype(np.float64)
+        change = u if self.unary is None else u - self.unary
+        # Terminal capacities only add up: the change goes to the source or the sink side.
+        self.graph.add_grid_tedges(self.nodes, np.maximum(change, 0.0), np.maximum(-change, 0.0))
+        if self.unary is None:
+            self.graph.maxflow()
+        elif (changed := self.nodes[change != 0]).size:
+            self.graph.mark_grid_nodes(changed)
+            self.graph.maxflow(reuse_trees=True)
+        self.unary = u
+        return ~self.graph.get_grid_segments(self.nodes)  # the source side is the object
+
+
 def graph_cut(unary: np.ndarray, pairwise: list[np.ndarray], smoothness: float) -> np.ndarray:
     """The labelling minimising sum_p [x_p != (unary_p > 0)] |unary_p| + smoothness * sum of the
     pairwise weights of cut edges (8-connected, `contrast_weights` layout). HxW bool."""
-    graph = maxflow.Graph[float]()
-    nodes = graph.add_grid_nodes(unary.shape)
-    for weights, (dy, dx) in zip(pairwise, _OFFSETS):
-        structure = np.zeros((3, 3))
-        structure[1 + dy, 1 + dx] = 1
-        graph.add_grid_edges(nodes, weights=smoothness * weights, structure=structure, symmetric=True)
-    u = unary.astype(np.float64)
-    graph.add_grid_tedges(nodes, np.maximum(u, 0.0), np.maximum(-u, 0.0))
-    graph.maxflow()
-    return ~graph.get_grid_segments(nodes)  # the source side is the object
+    return GridCut(pairwise, smoothness)(unary)
 
 
 def colour_cut(image: np.ndarray, prior_logit: np.ndarray, *, rounds: int = 3, colour_weight: float = 1.0,
@@ -176,10 +203,16 @@ def colour_cut(image: np.ndarray, prior_logit: np.ndarray, *, rounds: int = 3, c
     if prior_edge_discount > 0:
         pairwise = [w * np.where(_crosses(labels, dy, dx), 1.0 - prior_edge_discount, 1.0)
                     for w, (dy, dx) in zip(pairwise, _OFFSETS)]
+    # The graph depends on the edge weights only: cuts of the same image, smoothness and outline
+    # (every round here, and the caller's next cut of this outline) share it.
+    key = (smoothness, prior_edge_discount, labels.tobytes() if prior_edge_discount > 0 else None)
+    if cache.get("graph_key") != key:
+        cache["graph"], cache["graph_key"] = GridCut(pairwise, smoothness), key
+    cut = cache["graph"]
     mask, unary = labels, prior_logit
     for _ in range(max(1, rounds)):
         unary = prior_logit + colour_weight * colour_log_ratio(image, labels, features=features)
-        mask = graph_cut(unary, pairwise, smoothness)
+        mask = cut(unary)
         if not mask.any() or mask.all() or np.array_equal(mask, labels):
             break  # nothing left to re-fit the colours from, or the labels no longer change
         labels = mask

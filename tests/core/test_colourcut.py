@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from g4seg_core.colourcut import colour_cut, colour_log_ratio, contrast_weights, graph_cut, signed_distance
+from g4seg_core.colourcut import GridCut, colour_cut, colour_log_ratio, contrast_weights, graph_cut, signed_distance
 from g4seg_core.evaluation.metrics import iou
 
 
@@ -42,6 +42,21 @@ def test_the_cut_follows_the_unary_and_pays_for_its_boundary():
     speck = unary.copy()
     speck[2, 2] = 1.0
     assert not graph_cut(speck, weights, 1.0)[2, 2]
+
+
+def test_a_graph_kept_for_the_next_cut_gives_a_fresh_cuts_labelling():
+    """GridCut adds only the unary's change and reuses the search trees: each of its cuts must
+    equal a cut built from scratch, whether the unary moved a little, a lot, or not at all."""
+    image, truth = _scene()
+    weights = contrast_weights(image)
+    rng = np.random.default_rng(0)
+    kept = GridCut(weights, 10.0)
+    unary = np.where(truth, 2.0, -2.0) + rng.normal(0, 3, truth.shape)
+    for step in range(6):
+        np.testing.assert_array_equal(kept(unary), graph_cut(unary, weights, 10.0), err_msg=f"step {step}")
+        if step == 2:
+            continue  # the same unary again
+        unary = unary + rng.normal(0, 0.5 if step % 2 else 4.0, truth.shape) * (rng.random(truth.shape) < 0.3)
 
 
 def test_a_rough_prior_snaps_to_the_object():
