@@ -11,7 +11,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 from prometheus_sample import metric
-from test_backend_app import SQUARE, H, W, iou, square_mask
+from test_backend_app import SQUARE, H, W, files, iou, square_mask  # noqa: F401 (files: a fixture)
 
 from backend.app import create_app
 from backend.ls_format import (
@@ -195,16 +195,6 @@ def test_polygons_of_real_hand_made_masks(weizmann_dir):
 
 
 # ---------------------------------------------------------------- through the server
-
-
-@pytest.fixture
-def files(tmp_path):
-    root = tmp_path / "files"
-    root.mkdir()
-    image = np.zeros((H, W, 3), np.uint8)
-    image[24:48, 32:64] = 220
-    Image.fromarray(image).save(root / "cat.png")
-    return root
 
 
 @pytest.fixture
