@@ -200,13 +200,13 @@ def colour_cut(image: np.ndarray, prior_logit: np.ndarray, *, rounds: int = 3, c
         cache["pairwise"] = contrast_weights(image)
     features, pairwise = cache["features"], cache["pairwise"]
     labels = prior_logit > 0
-    if prior_edge_discount > 0:
-        pairwise = [w * np.where(_crosses(labels, dy, dx), 1.0 - prior_edge_discount, 1.0)
-                    for w, (dy, dx) in zip(pairwise, _OFFSETS)]
     # The graph depends on the edge weights only: cuts of the same image, smoothness and outline
     # (every round here, and the caller's next cut of this outline) share it.
     key = (smoothness, prior_edge_discount, labels.tobytes() if prior_edge_discount > 0 else None)
     if cache.get("graph_key") != key:
+        if prior_edge_discount > 0:
+            pairwise = [w * np.where(_crosses(labels, dy, dx), 1.0 - prior_edge_discount, 1.0)
+                        for w, (dy, dx) in zip(pairwise, _OFFSETS)]
         cache["graph"], cache["graph_key"] = GridCut(pairwise, smoothness), key
     cut = cache["graph"]
     mask, unary = labels, prior_logit
